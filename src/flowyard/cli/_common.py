@@ -1,0 +1,55 @@
+"""What every command shares: the console, the one error helper, loading the context."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from flowyard.errors import FlowyardError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+HomeOption = typer.Option(
+    None, "--home", envvar="FLOWYARD_HOME", help="Platform directory (default ~/.flowyard)."
+)
+
+
+def exit_with_error(message: str, fix: str | None = None, code: int = 1) -> NoReturn:
+    err_console.print(f"[bold red]Error:[/] {message}")
+    if fix:
+        err_console.print(f"[bold]Fix:[/] {fix}")
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn FlowyardError into a two-line message and exit code 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except FlowyardError as exc:
+            exit_with_error(exc.message, exc.fix)
+        except KeyboardInterrupt:
+            exit_with_error("Interrupted.", code=130)
+
+    return wrapper
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def resolve_home(home: Path | None) -> Path | None:
+    return home.expanduser().absolute() if home else None

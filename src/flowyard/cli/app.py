@@ -1,0 +1,26 @@
+"""The `flowyard` command: one module per command group, registered here."""
+
+from __future__ import annotations
+
+import typer
+
+from flowyard.cli import apply, env, init, platform_cmds
+
+app = typer.Typer(
+    name="flowyard",
+    help="Flowyard: a self-hosted workflow and experiment platform on Prefect 3.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(init.init)
+app.command()(platform_cmds.up)
+app.command()(platform_cmds.down)
+app.command()(platform_cmds.status)
+app.command()(platform_cmds.logs)
+app.command()(env.env)
+app.command()(apply.apply)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,109 @@
+"""`flowyard up | down | status | logs`: the platform's lifecycle."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from flowyard.cli._common import HomeOption, console, handle_errors, print_json, resolve_home
+from flowyard.errors import FlowyardError
+from flowyard.platform import lifecycle, setup
+from flowyard.platform.registry import service_names
+
+
+@handle_errors
+def up(home: Path | None = HomeOption) -> None:
+    """Start every service in dependency order and wait until each is ready."""
+    ctx = lifecycle.load_context(resolve_home(home))
+    started = time.monotonic()
+
+    with console.status("Starting Flowyard…") as status:
+
+        def progress(name: str, phase: str) -> None:
+            if phase in ("ready", "already running"):
+                console.print(f"  [green]✓[/] {name:<17} {phase}")
+            else:
+                status.update(f"{name}: {phase}…")
+
+        def after_ready(ctx: lifecycle.Context) -> None:
+            status.update("applying work pools, queues, limits and automations…")
+            for line in setup.apply(ctx):
+                console.print(f"    {line}", style="dim")
+
+        lifecycle.up(ctx, progress, after_ready)
+    secrets_file = ctx.paths.secrets_file
+    console.print(f"\n[bold green]Flowyard is up[/] in {time.monotonic() - started:.1f} s")
+    console.print(f"  UI and API:  [bold]{ctx.config.proxy.url}[/]")
+    if ctx.config.mlflow.enabled:
+        console.print(f"  MLflow:      [bold]{ctx.config.proxy.url}/mlflow/[/]")
+    console.print(f"  Login:       user [bold]{ctx.secrets.prefect_user}[/], password in {secrets_file}")
+    if ctx.config.proxy.tls == "internal":
+        console.print(f"  CA cert:     {ctx.paths.ca_cert} (trust it in browsers and clients)")
+    console.print('  Client env:  eval "$(flowyard env)"')
+
+
+@handle_errors
+def down(home: Path | None = HomeOption) -> None:
+    """Stop every service gracefully; data is kept."""
+    ctx = lifecycle.load_context(resolve_home(home))
+    if not lifecycle.down(ctx, lambda name, phase: console.print(f"  {name:<17} {phase}") if phase == "stopped" else None):
+        console.print("Flowyard is not running; nothing to stop.")
+        return
+    console.print("[green]Flowyard is down.[/] Data is kept in " + str(ctx.paths.data))
+
+
+@handle_errors
+def status(
+    home: Path | None = HomeOption,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show each service's state and readiness."""
+    ctx = lifecycle.load_context(resolve_home(home))
+    rows = lifecycle.status(ctx)
+    if as_json:
+        print_json({"url": ctx.config.proxy.url, "services": [r.as_dict() for r in rows]})
+        return
+    table = Table(title=f"Flowyard at {ctx.config.proxy.url}")
+    for col in ("service", "state", "ready", "pid", "uptime", "what"):
+        table.add_column(col)
+    for r in rows:
+        colour = "green" if r.ready else ("yellow" if r.state == "RUNNING" else "red")
+        table.add_row(
+            r.name,
+            f"[{colour}]{r.state}[/]",
+            "yes" if r.ready else "no",
+            str(r.pid or ""),
+            f"{r.uptime_seconds}s" if r.uptime_seconds is not None else "",
+            r.description,
+        )
+    console.print(table)
+    if not all(r.ready for r in rows):
+        raise typer.Exit(3)
+
+
+@handle_errors
+def logs(
+    service: str = typer.Argument(..., help="Service name, or caddy-access / supervisord."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines."),
+    lines: int = typer.Option(50, "-n", "--lines"),
+    home: Path | None = HomeOption,
+) -> None:
+    """Print a service's log."""
+    ctx = lifecycle.load_context(resolve_home(home))
+    known = [*service_names(ctx), "caddy-access", "supervisord"]
+    if service not in known:
+        raise FlowyardError(f"No service named {service!r}.", fix=f"Use one of: {', '.join(known)}.")
+    path = ctx.paths.log_file(service)
+    if not path.exists():
+        raise FlowyardError(f"{service} has not written a log yet ({path}).", fix="Run `flowyard up`.")
+    cmd = ["tail", "-n", str(lines), *(["-F"] if follow else []), str(path)]
+    try:
+        subprocess.run(cmd, check=False)
+    except KeyboardInterrupt:
+        pass
+    os.sys.stdout.flush()  # type: ignore[attr-defined]

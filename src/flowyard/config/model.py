@@ -1,0 +1,284 @@
+"""The one typed configuration model.
+
+Every file a service reads (Caddyfile, supervisord.conf, Prefect profile, compose env) is
+rendered from `FlowyardConfig`, so native and container modes cannot drift. Values come from
+`$FLOWYARD_HOME/flowyard.toml`, overridden by `FLOWYARD_*` environment variables with `__`
+between levels (e.g. `FLOWYARD_PROXY__HTTPS_PORT=9443`). Secrets never live here: see
+`flowyard.config.secrets`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+# SeaweedFS also binds each port + GRPC_OFFSET, so its ports must leave room for that.
+StorePort = Annotated[int, Field(ge=1, le=55535)]
+# Names Prefect, S3 and Postgres all accept: lowercase, digits and dashes.
+Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
+LOOPBACK = "127.0.0.1"
+GRPC_OFFSET = 10000
+
+
+class _Section(BaseModel):
+    # A typo in flowyard.toml must fail loudly, not be ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProxyConfig(_Section):
+    """Caddy: the only component that listens beyond loopback."""
+
+    host: str = Field(
+        "localhost",
+        description="Public host name (or IP) users and remote workers reach the platform by; "
+        "it is in every URL and in the TLS certificate.",
+    )
+    bind: str | None = Field(
+        None,
+        description="Address Caddy listens on. Default: 127.0.0.1 when host is localhost, "
+        "else all interfaces.",
+    )
+    https_port: Port = Field(8443, description="HTTPS port for UI, API and MLflow (443 in production).")
+    http_port: Port = Field(8080, description="Plain HTTP port; it only redirects to HTTPS.")
+    s3_https_port: Port = Field(8444, description="HTTPS port of the object store (the design's 444).")
+    admin_port: Port = Field(2019, description="Caddy's admin API, loopback only.")
+    tls: Literal["internal", "acme"] = Field(
+        "internal",
+        description="internal: Caddy's own CA (distribute its root certificate); "
+        "acme: a public certificate for a public domain.",
+    )
+    acme_email: str | None = Field(None, description="Contact e-mail for ACME (tls = acme).")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9.\-:\[\]]+", v):
+            raise ValueError("must be a DNS name or an IP address, without scheme or port")
+        return v
+
+    @property
+    def listen_address(self) -> str:
+        if self.bind:
+            return self.bind
+        return LOOPBACK if self.host in ("localhost", LOOPBACK) else "0.0.0.0"
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}" + ("" if self.https_port == 443 else f":{self.https_port}")
+
+    @property
+    def s3_url(self) -> str:
+        return f"https://{self.host}" + ("" if self.s3_https_port == 443 else f":{self.s3_https_port}")
+
+
+class PostgresConfig(_Section):
+    port: Port = Field(15432, description="PostgreSQL port, loopback only.")
+    system_user: str = Field(
+        "flowyard",
+        description="Unprivileged user PostgreSQL runs as when flowyard runs as root "
+        "(PostgreSQL refuses to run as root); created if missing.",
+    )
+    max_connections: int = Field(100, ge=10, le=10000)
+    shared_buffers: str = Field("128MB", pattern=r"^\d+(kB|MB|GB)$")
+
+
+class RedisConfig(_Section):
+    """Redis carries Prefect's events between the API and its background services."""
+
+    port: Port = Field(16379, description="Redis port, loopback only.")
+
+
+class ObjectStoreConfig(_Section):
+    kind: Literal["seaweedfs", "external"] = Field(
+        "seaweedfs",
+        description="seaweedfs: run the bundled store; external: use endpoint_url "
+        "(AWS, Ceph, MinIO, ...) with the keys in the secrets file.",
+    )
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint for kind = external (e.g. https://s3.eu-west-1.amazonaws.com)."
+    )
+    region: str = Field("us-east-1", description="S3 region sent in signatures.")
+    s3_port: StorePort = Field(8333, description="SeaweedFS S3 gateway, loopback only.")
+    master_port: StorePort = Field(9333, description="SeaweedFS master, loopback only.")
+    volume_port: StorePort = Field(9340, description="SeaweedFS volume server, loopback only.")
+    filer_port: StorePort = Field(8888, description="SeaweedFS filer, loopback only.")
+    admin_port: StorePort = Field(23646, description="SeaweedFS admin server, loopback only.")
+    results_bucket: Slug = Field("flowyard-results", description="Bucket for Prefect results.")
+    code_bucket: Slug = Field("flowyard-code", description="Bucket for deployed flow code.")
+    artifacts_bucket: Slug = Field("flowyard-artifacts", description="Bucket for MLflow artifacts.")
+
+    @model_validator(mode="after")
+    def _external_needs_endpoint(self) -> ObjectStoreConfig:
+        if self.kind == "external" and not self.endpoint_url:
+            raise ValueError("object_store.endpoint_url is required when object_store.kind = 'external'")
+        return self
+
+    def port_settings(self) -> dict[str, int]:
+        ports = {}
+        for name in ("s3_port", "master_port", "volume_port", "filer_port", "admin_port"):
+            port = getattr(self, name)
+            ports[f"object_store.{name}"] = port
+            # SeaweedFS's convention: each gRPC port is its HTTP port + 10000.
+            ports[f"object_store.{name} + {GRPC_OFFSET} (gRPC)"] = port + GRPC_OFFSET
+        return ports
+
+    @property
+    def buckets(self) -> list[str]:
+        return [self.results_bucket, self.code_bucket, self.artifacts_bucket]
+
+
+class PrefectConfig(_Section):
+    port: Port = Field(4200, description="Prefect API and UI, loopback only (reached through Caddy).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    migration_timeout: int = Field(600, ge=10, description="Seconds a database migration may take.")
+
+
+class QueueSpec(_Section):
+    name: Slug
+    priority: int = Field(1, ge=1, description="1 is served first.")
+    concurrency_limit: int | None = Field(None, ge=0)
+
+
+class PoolSpec(_Section):
+    name: Slug
+    type: str = Field("process", description="Prefect worker type (process, kubernetes, ...).")
+    concurrency_limit: int | None = Field(None, ge=0)
+    queues: list[QueueSpec] = Field(default_factory=lambda: [QueueSpec(name="default")])
+
+
+class GlobalLimitSpec(_Section):
+    name: Slug
+    limit: int = Field(ge=0)
+    slot_decay_per_second: float = Field(0.0, ge=0)
+
+
+class WorkerConfig(_Section):
+    enabled: bool = Field(True, description="Run a worker for the default pool on this machine.")
+    pool: Slug = Field("default", description="Work pool the local worker serves.")
+    concurrency: int | None = Field(
+        None, ge=1, description="Flow runs at once; default: the machine's CPU count."
+    )
+
+    @property
+    def effective_concurrency(self) -> int:
+        return self.concurrency or (os.cpu_count() or 1)
+
+
+class RetentionConfig(_Section):
+    """Prefect's DB vacuum: how long history is kept."""
+
+    events_days: int = Field(7, ge=1, description="Days of events kept.")
+    flow_runs_days: int = Field(90, ge=1, description="Days of finished flow runs kept.")
+
+
+class HygieneConfig(_Section):
+    zombie_heartbeat_seconds: int = Field(
+        90, ge=30, description="A running flow run whose heartbeat stops this long is marked Crashed."
+    )
+    late_after_seconds: int = Field(15, ge=5, description="A scheduled run this late is marked Late.")
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+
+
+class MlflowConfig(_Section):
+    enabled: bool = Field(True, description="Run the MLflow tracking server under /mlflow.")
+    port: Port = Field(5000, description="MLflow server, loopback only (reached through Caddy).")
+
+
+def default_pools() -> list[PoolSpec]:
+    return [PoolSpec(name="default")]
+
+
+class FlowyardConfig(BaseSettings):
+    """All of Flowyard's settings; see `flowyard config show` and the README's reference."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLOWYARD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    home: Path = Field(description="Where config, secrets, data and logs live (FLOWYARD_HOME).")
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    postgres: PostgresConfig = Field(default_factory=PostgresConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    object_store: ObjectStoreConfig = Field(default_factory=ObjectStoreConfig)
+    prefect: PrefectConfig = Field(default_factory=PrefectConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    pools: list[PoolSpec] = Field(default_factory=default_pools)
+    global_limits: list[GlobalLimitSpec] = Field(default_factory=list)
+    hygiene: HygieneConfig = Field(default_factory=HygieneConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FlowyardConfig:
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pools: names must be unique, got {names}")
+        if self.worker.enabled and self.worker.pool not in names:
+            raise ValueError(f"worker.pool {self.worker.pool!r} is not one of pools {names}")
+        ports = self.port_settings()
+        seen: dict[int, str] = {}
+        for setting, port in ports.items():
+            if port in seen:
+                raise ValueError(f"{setting} and {seen[port]} are both {port}; give each its own port")
+            seen[port] = setting
+        return self
+
+    def port_settings(self) -> dict[str, int]:
+        """Every port the platform binds on this machine, by the setting that moves it."""
+        ports = {
+            "proxy.https_port": self.proxy.https_port,
+            "proxy.http_port": self.proxy.http_port,
+            "proxy.s3_https_port": self.proxy.s3_https_port,
+            "proxy.admin_port": self.proxy.admin_port,
+            "postgres.port": self.postgres.port,
+            "redis.port": self.redis.port,
+            "prefect.port": self.prefect.port,
+        }
+        if self.object_store.kind == "seaweedfs":
+            ports.update(self.object_store.port_settings())
+        if self.mlflow.enabled:
+            ports["mlflow.port"] = self.mlflow.port
+        return ports
+
+    @property
+    def pool(self) -> PoolSpec:
+        return next(p for p in self.pools if p.name == self.worker.pool)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file; the file beats defaults.
+        toml_file = TOML_FILE.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        """What `flowyard init` writes: everything but `home`, which is where the file is."""
+        return self.model_dump(mode="json", exclude={"home"}, exclude_none=True)
+
+
+# pydantic-settings builds its sources from the class, not the call, so the file to read
+# travels in a context variable that `flowyard.config.load.load_config` sets.
+TOML_FILE: ContextVar[Path | None] = ContextVar("flowyard_toml_file", default=None)

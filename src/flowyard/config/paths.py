@@ -1,0 +1,95 @@
+"""Where everything lives under FLOWYARD_HOME; one place so no module invents a path."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def default_home() -> Path:
+    """`$FLOWYARD_HOME`, else `~/.flowyard`; as root, `/var/lib/flowyard`.
+
+    Root's home is 0700, and PostgreSQL must run as an unprivileged user that needs to reach
+    its data directory, so a root install lives where system services keep their state.
+    """
+    env = os.environ.get("FLOWYARD_HOME")
+    if env:
+        return Path(env).expanduser().absolute()
+    if os.geteuid() == 0:
+        return Path("/var/lib/flowyard")
+    return Path.home() / ".flowyard"
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "flowyard.toml"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.home / "secrets.toml"
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run(self) -> Path:
+        """Rendered configs, sockets and pid files: derived state, safe to delete when down."""
+        return self.home / "run"
+
+    @property
+    def files(self) -> Path:
+        """Served under /files/ by the proxy (the design's static flow files)."""
+        return self.home / "files"
+
+    @property
+    def ca_cert(self) -> Path:
+        """Caddy's root CA, copied where clients can read it."""
+        return self.home / "ca" / "root.crt"
+
+    @property
+    def caddy_data(self) -> Path:
+        return self.data / "caddy"
+
+    @property
+    def caddy_root_cert(self) -> Path:
+        return self.caddy_data / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+
+    @property
+    def caddyfile(self) -> Path:
+        return self.run / "Caddyfile"
+
+    @property
+    def supervisor_conf(self) -> Path:
+        return self.run / "supervisord.conf"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.run / "supervisor.sock"
+
+    @property
+    def supervisor_pid(self) -> Path:
+        return self.run / "supervisord.pid"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.data / "prefect"
+
+    @property
+    def prefect_profiles(self) -> Path:
+        return self.run / "prefect-profiles.toml"
+
+    def log_file(self, service: str) -> Path:
+        return self.logs / f"{service}.log"
+
+    def service_data(self, service: str) -> Path:
+        return self.data / service

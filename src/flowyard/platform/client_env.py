@@ -1,0 +1,41 @@
+"""The environment a client needs to use the platform through the proxy, TLS verified.
+
+Used by `flowyard env`, by the local worker (which goes through Caddy exactly as a remote
+worker does) and by the tests; one function so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flowyard.services.base import Context
+
+RESULTS_BLOCK_SLUG = "flowyard-results"
+
+
+def client_env(ctx: Context, ca_cert: Path | None = None) -> dict[str, str]:
+    cfg = ctx.config
+    ca = str(ca_cert or ctx.paths.ca_cert)
+    internal_ca = cfg.proxy.tls == "internal"
+    env = {
+        "PREFECT_API_URL": f"{cfg.proxy.url}/api",
+        "PREFECT_API_AUTH_STRING": ctx.secrets.prefect_auth_string.get_secret_value(),
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": f"s3-bucket/{RESULTS_BLOCK_SLUG}",
+        "AWS_ACCESS_KEY_ID": ctx.secrets.s3_access_key.get_secret_value(),
+        "AWS_SECRET_ACCESS_KEY": ctx.secrets.s3_secret_key.get_secret_value(),
+        "AWS_DEFAULT_REGION": cfg.object_store.region,
+        "FLOWYARD_CODE_BUCKET": cfg.object_store.code_bucket,
+        "FLOWYARD_RESULTS_BUCKET": cfg.object_store.results_bucket,
+    }
+    if internal_ca:
+        env["PREFECT_API_SSL_CERT_FILE"] = ca
+    if cfg.object_store.kind == "seaweedfs":
+        env["AWS_ENDPOINT_URL_S3"] = cfg.proxy.s3_url
+        if internal_ca:
+            # Only for the platform's own store: a CA bundle replaces the public roots.
+            env["AWS_CA_BUNDLE"] = ca
+    else:
+        assert cfg.object_store.endpoint_url is not None
+        env["AWS_ENDPOINT_URL_S3"] = cfg.object_store.endpoint_url
+    return env

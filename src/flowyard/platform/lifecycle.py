@@ -1,0 +1,228 @@
+"""`up`, `down` and `status`: the platform's lifecycle over supervisord."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from flowyard.config.load import load_config
+from flowyard.config.paths import Paths
+from flowyard.config.secrets import load_secrets
+from flowyard.errors import FlowyardError
+from flowyard.platform.registry import build_services
+from flowyard.platform.supervisor import Supervisor
+from flowyard.render.supervisor import render_supervisor_conf
+from flowyard.services.base import Context, Service, ensure_system_user, port_free
+
+# Called with (service name, phase) so the CLI can draw progress without this module
+# knowing about terminals.
+Progress = Callable[[str, str], None]
+FAILED_STATES = {"FATAL", "EXITED", "BACKOFF", "UNKNOWN"}
+
+
+def load_context(home: Path | None = None) -> Context:
+    config = load_config(home)
+    return Context(config=config, secrets=load_secrets(Paths(config.home).secrets_file))
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            return "\n".join(fh.read().decode(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log yet)"
+
+
+def _check_home_writable(paths: Paths) -> None:
+    probe = paths.home / ".write-test"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise FlowyardError(
+            f"FLOWYARD_HOME {paths.home} is not writable: {exc.strerror}.",
+            fix="Fix its ownership/permissions, or point FLOWYARD_HOME at a writable directory.",
+        ) from exc
+
+
+def _who_listens(port: int) -> str:
+    with contextlib.suppress(psutil.Error, PermissionError):
+        for conn in psutil.net_connections("tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
+                if conn.pid:
+                    proc = psutil.Process(conn.pid)
+                    return f" by {proc.name()} (pid {conn.pid})"
+    return ""
+
+
+def env_var_for(setting: str) -> str:
+    """`object_store.s3_port + 10000 (gRPC)` -> FLOWYARD_OBJECT_STORE__S3_PORT."""
+    return "FLOWYARD_" + setting.split(" ")[0].upper().replace(".", "__")
+
+
+def check_ports(ctx: Context, services: list[Service]) -> None:
+    taken = []
+    for service in services:
+        for setting, port in service.ports.items():
+            public = setting.startswith("proxy.") and setting != "proxy.admin_port"
+            host = ctx.config.proxy.listen_address if public else "127.0.0.1"
+            if not port_free(port, host):
+                taken.append((setting, port))
+    if taken:
+        what = "; ".join(f"port {p} ({s}) is already in use{_who_listens(p)}" for s, p in taken)
+        settings = ", ".join(sorted({s.split(" ")[0] for s, _ in taken}))
+        env = ", ".join(sorted({env_var_for(s) for s, _ in taken}))
+        raise FlowyardError(
+            f"Cannot start: {what}.",
+            fix=f"Stop what holds it, or move Flowyard: change {settings} in "
+            f"{ctx.paths.config_file} (or set {env}).",
+        )
+
+
+def _wait_ready(sup: Supervisor, service: Service, ctx: Context) -> None:
+    deadline = time.monotonic() + service.ready_timeout
+    while True:
+        state = sup.info(service.name)["statename"]
+        if state in FAILED_STATES:
+            raise _service_failed(ctx, service, f"exited ({state})")
+        if service.ready():
+            return
+        if time.monotonic() > deadline:
+            raise _service_failed(ctx, service, f"not ready after {service.ready_timeout:.0f} s")
+        time.sleep(0.25)
+
+
+def _service_failed(ctx: Context, service: Service, why: str) -> FlowyardError:
+    log = ctx.paths.log_file(service.name)
+    return FlowyardError(
+        f"{service.name} ({service.description}) {why}. Last lines of {log}:\n{tail(log)}",
+        fix=f"Fix the cause above, then `flowyard up` again (`flowyard logs {service.name}` for more).",
+    )
+
+
+def _prepare_dirs(paths: Paths) -> None:
+    for d in (paths.home, paths.data, paths.logs, paths.run, paths.prefect_home, paths.files):
+        d.mkdir(parents=True, exist_ok=True)
+    paths.run.chmod(0o700)
+
+
+def write_supervisor_conf(ctx: Context, services: list[Service]) -> bool:
+    """Write the rendered config 0600; True when it changed."""
+    path = ctx.paths.supervisor_conf
+    text = render_supervisor_conf(services, ctx.paths)
+    old = path.read_text() if path.exists() else None
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    if old != text:
+        path.write_text(text)
+    return old != text
+
+
+def up(ctx: Context, progress: Progress, after_ready: Callable[[Context], None] | None = None) -> None:
+    paths = ctx.paths
+    _check_home_writable(paths)
+    _prepare_dirs(paths)
+    services = build_services(ctx)
+    sup = Supervisor(paths)
+    was_running = sup.running()
+    changed = write_supervisor_conf(ctx, services)
+    if was_running and changed:
+        # Programs' commands or environments changed: restart cleanly rather than patch.
+        progress("supervisor", "configuration changed: restarting the platform")
+        down(ctx, progress)
+        write_supervisor_conf(ctx, services)
+        was_running = False
+    running = (
+        {i["name"] for i in sup.all_info() if i["statename"] == "RUNNING"} if was_running else set()
+    )
+    check_ports(ctx, [s for s in services if s.name not in running])
+    if not was_running:
+        # supervisord refuses a config naming a user that does not exist yet.
+        for service in services:
+            if service.user:
+                ensure_system_user(service.user)
+        sup.start()
+    try:
+        for service in services:
+            if service.name in running and service.ready():
+                progress(service.name, "already running")
+                continue
+            progress(service.name, "preparing")
+            if service.prepare:
+                service.prepare()
+            progress(service.name, "starting")
+            try:
+                sup.start_process(service.name)
+            except Exception as exc:
+                raise _service_failed(ctx, service, f"did not start ({exc})") from exc
+            progress(service.name, "waiting until ready")
+            _wait_ready(sup, service, ctx)
+            if service.bootstrap:
+                progress(service.name, "bootstrapping")
+                service.bootstrap()
+            progress(service.name, "ready")
+        if after_ready:
+            after_ready(ctx)
+    except BaseException:
+        # Leave nothing half-up: a failed start stops everything it started (data is kept).
+        down(ctx, lambda *_: None)
+        raise
+
+
+def down(ctx: Context, progress: Progress) -> bool:
+    """Stop services in reverse order, then supervisord. False when nothing was running."""
+    sup = Supervisor(ctx.paths)
+    if sup.pid() is None:
+        return False
+    with contextlib.suppress(Exception):
+        names = [s.name for s in build_services(ctx)]
+        for name in reversed(names):
+            progress(name, "stopping")
+            with contextlib.suppress(Exception):
+                sup.stop_process(name)
+            progress(name, "stopped")
+    sup.shutdown()
+    ctx.paths.supervisor_socket.unlink(missing_ok=True)
+    return True
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    description: str
+    state: str
+    pid: int | None
+    uptime_seconds: int | None
+    ready: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return self.__dict__.copy()
+
+
+def status(ctx: Context) -> list[ServiceStatus]:
+    sup = Supervisor(ctx.paths)
+    infos = {i["name"]: i for i in sup.all_info()} if sup.running() else {}
+    result = []
+    for service in build_services(ctx):
+        info = infos.get(service.name)
+        state = info["statename"] if info else "STOPPED"
+        running = state == "RUNNING"
+        result.append(
+            ServiceStatus(
+                name=service.name,
+                description=service.description,
+                state=state,
+                pid=info["pid"] if info and running else None,
+                uptime_seconds=(info["now"] - info["start"]) if info and running else None,
+                ready=running and service.ready(),
+            )
+        )
+    return result

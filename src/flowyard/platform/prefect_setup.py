@@ -1,0 +1,124 @@
+"""Declarative Prefect objects: the results block, work pools, queues and global limits.
+
+Runs as `python -m flowyard.platform.prefect_setup` in a child process whose environment
+points the Prefect client at the platform, so the caller's own Prefect settings never mix in.
+Every step is create-or-update, so `flowyard apply` can run any number of times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+    WorkPoolCreate,
+    WorkPoolUpdate,
+)
+from prefect.exceptions import ObjectNotFound
+from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
+from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
+
+from flowyard.config.model import FlowyardConfig, GlobalLimitSpec, PoolSpec
+
+
+def save_results_block(slug: str, bucket: str) -> None:
+    # No keys or endpoint in the block: each machine's own AWS_* environment supplies them,
+    # so the same block works for the local worker, remote workers and laptops.
+    S3Bucket(
+        bucket_name=bucket,
+        credentials=AwsCredentials(
+            aws_client_parameters=AwsClientParameters(config={"s3": {"addressing_style": "path"}})
+        ),
+    ).save(slug, overwrite=True)
+
+
+async def apply_pool(client: PrefectClient, spec: PoolSpec, log: list[str]) -> None:
+    try:
+        pool = await client.read_work_pool(spec.name)
+        if pool.type != spec.type:
+            raise SystemExit(
+                f"Work pool {spec.name!r} exists with type {pool.type!r}, config says {spec.type!r}. "
+                f"Delete it (`prefect work-pool delete {spec.name}`) or change pools[].type."
+            )
+        await client.update_work_pool(
+            spec.name, WorkPoolUpdate(concurrency_limit=spec.concurrency_limit)
+        )
+        log.append(f"work pool {spec.name}: updated")
+    except ObjectNotFound:
+        template = await get_default_base_job_template_for_infrastructure_type(spec.type)
+        if template is None:
+            raise SystemExit(
+                f"Unknown worker type {spec.type!r} for pool {spec.name!r}: install its Prefect "
+                "integration (e.g. prefect-kubernetes) or use type 'process'."
+            ) from None
+        await client.create_work_pool(
+            WorkPoolCreate(
+                name=spec.name,
+                type=spec.type,
+                base_job_template=template,
+                concurrency_limit=spec.concurrency_limit,
+            )
+        )
+        log.append(f"work pool {spec.name}: created ({spec.type})")
+    for queue in spec.queues:
+        fields: dict[str, Any] = {
+            "priority": queue.priority,
+            "concurrency_limit": queue.concurrency_limit,
+        }
+        try:
+            existing = await client.read_work_queue_by_name(queue.name, work_pool_name=spec.name)
+            await client.update_work_queue(existing.id, **fields)
+            log.append(f"  queue {spec.name}/{queue.name}: updated")
+        except ObjectNotFound:
+            await client.create_work_queue(name=queue.name, work_pool_name=spec.name, **fields)
+            log.append(f"  queue {spec.name}/{queue.name}: created")
+
+
+async def apply_limit(client: PrefectClient, spec: GlobalLimitSpec, log: list[str]) -> None:
+    try:
+        await client.read_global_concurrency_limit_by_name(spec.name)
+        await client.update_global_concurrency_limit(
+            spec.name,
+            GlobalConcurrencyLimitUpdate(
+                limit=spec.limit, slot_decay_per_second=spec.slot_decay_per_second
+            ),
+        )
+        log.append(f"global limit {spec.name}: updated")
+    except ObjectNotFound:
+        await client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(
+                name=spec.name, limit=spec.limit, slot_decay_per_second=spec.slot_decay_per_second
+            )
+        )
+        log.append(f"global limit {spec.name}: created")
+
+
+async def apply(config: FlowyardConfig, results_slug: str) -> list[str]:
+    log: list[str] = []
+    await asyncio.to_thread(save_results_block, results_slug, config.object_store.results_bucket)
+    log.append(f"block s3-bucket/{results_slug}: saved")
+    async with get_client() as client:
+        for pool in config.pools:
+            await apply_pool(client, pool, log)
+        for limit in config.global_limits:
+            await apply_limit(client, limit, log)
+        from flowyard.platform.hygiene import apply_automations
+
+        await apply_automations(client, config, log)
+    return log
+
+
+def main() -> None:
+    config = FlowyardConfig.model_validate_json(os.environ["FLOWYARD_SETUP_CONFIG"])
+    log = asyncio.run(apply(config, sys.argv[1]))
+    print(json.dumps(log))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Post-start setup shared by `flowyard up` and `flowyard apply`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from flowyard.config.model import LOOPBACK
+from flowyard.errors import FlowyardError
+from flowyard.platform.client_env import RESULTS_BLOCK_SLUG, client_env
+from flowyard.services.base import Context
+
+
+def apply(ctx: Context) -> list[str]:
+    """Create or update the results block, pools, queues, limits and automations."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
+    env.update(client_env(ctx))
+    env.update(
+        {
+            # Bootstrap talks to the API on loopback so it works before the proxy is up.
+            "PREFECT_API_URL": f"http://{LOOPBACK}:{ctx.config.prefect.port}/api",
+            "PREFECT_HOME": str(ctx.paths.service_data("cli")),
+            "PREFECT_PROFILES_PATH": str(ctx.paths.prefect_profiles),
+            "FLOWYARD_SETUP_CONFIG": ctx.config.model_dump_json(),
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "flowyard.platform.prefect_setup", RESULTS_BLOCK_SLUG],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        message = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise FlowyardError(
+            f"Applying pools, queues and limits failed: {message}",
+            fix="Correct `pools` / `global_limits` in flowyard.toml and run `flowyard apply`.",
+            details=result.stderr,
+        )
+    return list(json.loads(result.stdout.strip().splitlines()[-1]))

@@ -1,0 +1,111 @@
+"""What every platform service knows about itself.
+
+A `Service` is a plain description (command line, environment, data directory, readiness
+check, stop signal). The supervisor config is rendered from these, and `flowyard up` walks
+them in order, so there is one definition per service and nothing else starts processes.
+"""
+
+from __future__ import annotations
+
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flowyard.config.model import LOOPBACK, FlowyardConfig
+from flowyard.config.paths import Paths
+from flowyard.config.secrets import Secrets
+from flowyard.errors import FlowyardError
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a service needs to describe itself: the one config, its secrets, its paths."""
+
+    config: FlowyardConfig
+    secrets: Secrets
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(self.config.home)
+
+
+@dataclass
+class Service:
+    name: str
+    command: list[str]
+    description: str
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    user: str | None = None
+    # Ports this service binds, by the setting that moves each (for "port taken" errors).
+    ports: dict[str, int] = field(default_factory=dict)
+    ready: Callable[[], bool] = lambda: True
+    ready_timeout: float = 90.0
+    # Seconds a process must stay up before supervisor calls it started.
+    start_secs: int = 1
+    stop_signal: str = "TERM"
+    stop_wait: int = 20
+    # Runs before the process starts (initdb, config files); must be idempotent.
+    prepare: Callable[[], None] | None = None
+    # Runs once the service is ready (databases, buckets, blocks); must be idempotent.
+    bootstrap: Callable[[], None] | None = None
+
+
+def binary(name: str) -> str:
+    """A console script installed beside this interpreter (the venv's bin), else on PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise FlowyardError(
+            f"The `{name}` program is not installed.",
+            fix="Install Flowyard with its dependencies: `pip install -e .` (or `make up`).",
+        )
+    return found
+
+
+def tcp_open(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def port_free(port: int, host: str = LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host if host != "0.0.0.0" else "", port))
+        except OSError:
+            return False
+        return True
+
+
+def ensure_system_user(name: str) -> pwd.struct_passwd:
+    """The unprivileged account a service runs as under a root install; created if missing."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    try:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise FlowyardError(
+            f"Could not create the system user {name!r} that PostgreSQL runs as: {detail.strip()}",
+            fix=f"Create it yourself (`useradd --system {name}`) or set postgres.system_user "
+            "to an existing unprivileged user.",
+        ) from exc
+    return pwd.getpwnam(name)

@@ -1,0 +1,110 @@
+"""Prefect's API and UI webserver (`--no-services`), and the settings it shares with the
+background-services process. Migrations run explicitly before it starts, never on start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import httpx
+
+from flowyard.config.model import LOOPBACK
+from flowyard.errors import FlowyardError
+from flowyard.services import postgres, redis
+from flowyard.services.base import Context, Service, binary
+
+
+def server_env(ctx: Context) -> dict[str, str]:
+    """Settings for every Prefect server-side process, rendered from the one config."""
+    cfg = ctx.config
+    hygiene = cfg.hygiene
+    env = {
+        "PREFECT_HOME": str(ctx.paths.prefect_home),
+        # Keep a user's own ~/.prefect/profiles.toml out of the platform's processes.
+        "PREFECT_PROFILES_PATH": str(ctx.paths.prefect_profiles),
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres.database_url(ctx, "prefect"),
+        "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
+        "PREFECT_SERVER_API_HOST": LOOPBACK,
+        "PREFECT_SERVER_API_PORT": str(cfg.prefect.port),
+        "PREFECT_SERVER_API_AUTH_STRING": ctx.secrets.prefect_auth_string.get_secret_value(),
+        # The UI runs in the user's browser, so it must call the API by its public URL.
+        "PREFECT_SERVER_UI_API_URL": f"{cfg.proxy.url}/api",
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "true",
+        "PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED": "true",
+        "PREFECT_SERVER_LOGGING_LEVEL": cfg.prefect.log_level,
+        "PREFECT_LOGGING_LEVEL": cfg.prefect.log_level,
+        # Run hygiene: late runs, and Prefect's vacuum for events and old flow runs.
+        "PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": str(hygiene.late_after_seconds),
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": str(
+            hygiene.retention.flow_runs_days * 86400
+        ),
+        "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": f"P{hygiene.retention.events_days}D",
+    }
+    env.update(redis.prefect_env(ctx))
+    return env
+
+
+def migrate(ctx: Context) -> None:
+    """Apply Prefect's migrations with a timeout, before any server process starts."""
+    timeout = ctx.config.prefect.migration_timeout
+    try:
+        result = subprocess.run(
+            [binary("prefect"), "server", "database", "upgrade", "--yes"],
+            env={**os.environ, **server_env(ctx)},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise FlowyardError(
+            f"Prefect's database migration did not finish in {timeout} s.",
+            fix="Raise prefect.migration_timeout, or check `flowyard logs postgres` for locks.",
+        ) from exc
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        hint = (
+            "The database was migrated by a newer Prefect than this one; install the Flowyard "
+            "version that wrote it, or restore a backup taken before the upgrade."
+            if "Can't locate revision" in tail
+            else "Read the output above; the database was left as it was."
+        )
+        raise FlowyardError(f"Prefect's database migration failed:\n{tail}", fix=hint)
+
+
+def health_url(ctx: Context) -> str:
+    return f"http://{LOOPBACK}:{ctx.config.prefect.port}/api/health"
+
+
+def is_ready(ctx: Context) -> bool:
+    try:
+        return httpx.get(health_url(ctx), timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def service(ctx: Context) -> Service:
+    port = ctx.config.prefect.port
+    return Service(
+        name="prefect-api",
+        description="Prefect API and UI (webserver only)",
+        command=[
+            binary("prefect"),
+            "server",
+            "start",
+            "--no-services",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+        ],
+        env=server_env(ctx),
+        cwd=ctx.paths.prefect_home,
+        ports={"prefect.port": port},
+        ready=lambda: is_ready(ctx),
+        ready_timeout=120,
+        stop_signal="INT",
+        prepare=lambda: migrate(ctx),
+    )
