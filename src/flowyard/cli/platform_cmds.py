@@ -12,7 +12,7 @@ from rich.table import Table
 
 from flowyard.cli._common import HomeOption, console, handle_errors, print_json, resolve_home
 from flowyard.errors import FlowyardError
-from flowyard.platform import lifecycle, setup
+from flowyard.platform import lifecycle
 from flowyard.platform.registry import service_names
 
 
@@ -25,17 +25,14 @@ def up(home: Path | None = HomeOption) -> None:
     with console.status("Starting Flowyard…") as status:
 
         def progress(name: str, phase: str) -> None:
-            if phase in ("ready", "already running"):
+            if phase.startswith(lifecycle.NOTE):
+                console.print(f"      {phase}", style="dim")
+            elif phase in ("ready", "already running"):
                 console.print(f"  [green]✓[/] {name:<17} {phase}")
             else:
                 status.update(f"{name}: {phase}…")
 
-        def after_ready(ctx: lifecycle.Context) -> None:
-            status.update("applying work pools, queues, limits and automations…")
-            for line in setup.apply(ctx):
-                console.print(f"    {line}", style="dim")
-
-        lifecycle.up(ctx, progress, after_ready)
+        lifecycle.up(ctx, progress)
     secrets_file = ctx.paths.secrets_file
     console.print(f"\n[bold green]Flowyard is up[/] in {time.monotonic() - started:.1f} s")
     console.print(f"  UI and API:  [bold]{ctx.config.proxy.url}[/]")

@@ -24,6 +24,8 @@ from flowyard.services.base import Context, Service, ensure_system_user, port_fr
 # knowing about terminals.
 Progress = Callable[[str, str], None]
 FAILED_STATES = {"FATAL", "EXITED", "BACKOFF", "UNKNOWN"}
+# A progress phase starting with this is a line of information, not a state change.
+NOTE = "· "
 
 
 def load_context(home: Path | None = None) -> Context:
@@ -126,7 +128,7 @@ def write_supervisor_conf(ctx: Context, services: list[Service]) -> bool:
     return old != text
 
 
-def up(ctx: Context, progress: Progress, after_ready: Callable[[Context], None] | None = None) -> None:
+def up(ctx: Context, progress: Progress) -> None:
     paths = ctx.paths
     _check_home_writable(paths)
     _prepare_dirs(paths)
@@ -136,9 +138,8 @@ def up(ctx: Context, progress: Progress, after_ready: Callable[[Context], None] 
     changed = write_supervisor_conf(ctx, services)
     if was_running and changed:
         # Programs' commands or environments changed: restart cleanly rather than patch.
-        progress("supervisor", "configuration changed: restarting the platform")
+        progress("supervisor", NOTE + "configuration changed: restarting the platform")
         down(ctx, progress)
-        write_supervisor_conf(ctx, services)
         was_running = False
     running = (
         {i["name"] for i in sup.all_info() if i["statename"] == "RUNNING"} if was_running else set()
@@ -167,10 +168,9 @@ def up(ctx: Context, progress: Progress, after_ready: Callable[[Context], None] 
             _wait_ready(sup, service, ctx)
             if service.bootstrap:
                 progress(service.name, "bootstrapping")
-                service.bootstrap()
+                for line in service.bootstrap() or []:
+                    progress(service.name, NOTE + line)
             progress(service.name, "ready")
-        if after_ready:
-            after_ready(ctx)
     except BaseException:
         # Leave nothing half-up: a failed start stops everything it started (data is kept).
         down(ctx, lambda *_: None)

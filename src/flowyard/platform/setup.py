@@ -17,6 +17,8 @@ def apply(ctx: Context) -> list[str]:
     """Create or update the results block, pools, queues, limits and automations."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
     env.update(client_env(ctx))
+    # Plain HTTP on loopback: Caddy (and its CA file) may not exist yet on a first start.
+    env.pop("PREFECT_API_SSL_CERT_FILE", None)
     env.update(
         {
             # Bootstrap talks to the API on loopback so it works before the proxy is up.

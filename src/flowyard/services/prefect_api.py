@@ -10,6 +10,7 @@ import httpx
 
 from flowyard.config.model import LOOPBACK
 from flowyard.errors import FlowyardError
+from flowyard.platform import setup
 from flowyard.services import postgres, redis
 from flowyard.services.base import Context, Service, binary
 
@@ -107,4 +108,7 @@ def service(ctx: Context) -> Service:
         ready_timeout=120,
         stop_signal="INT",
         prepare=lambda: migrate(ctx),
+        # Pools, queues, limits, automations and the results block exist before any worker
+        # starts (a worker would otherwise create its pool with defaults).
+        bootstrap=lambda: setup.apply(ctx),
     )
