@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flowyard.cli import apply, env, init, platform_cmds
+from flowyard.cli import apply, deploy, env, init, platform_cmds
 
 app = typer.Typer(
     name="flowyard",
@@ -20,6 +20,8 @@ app.command()(platform_cmds.status)
 app.command()(platform_cmds.logs)
 app.command()(env.env)
 app.command()(apply.apply)
+app.command()(deploy.deploy)
+app.command()(deploy.run)
 
 
 def main() -> None:

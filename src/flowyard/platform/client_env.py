@@ -6,6 +6,7 @@ worker does) and by the tests; one function so they cannot disagree.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from flowyard.services.base import Context
@@ -38,4 +39,17 @@ def client_env(ctx: Context, ca_cert: Path | None = None) -> dict[str, str]:
     else:
         assert cfg.object_store.endpoint_url is not None
         env["AWS_ENDPOINT_URL_S3"] = cfg.object_store.endpoint_url
+    return env
+
+
+def child_env(ctx: Context, **overrides: str) -> dict[str, str]:
+    """Environment for a child process acting as a platform client: the caller's own
+    Prefect/AWS/MLflow settings are dropped so they cannot point it elsewhere."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "MLFLOW_"))
+    }
+    env.update(client_env(ctx))
+    env["PREFECT_HOME"] = str(ctx.paths.service_data("cli"))
+    env["PREFECT_PROFILES_PATH"] = str(ctx.paths.prefect_profiles)
+    env.update(overrides)
     return env

@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 from flowyard.config.model import LOOPBACK
 from flowyard.errors import FlowyardError
-from flowyard.platform.client_env import RESULTS_BLOCK_SLUG, client_env
+from flowyard.platform.client_env import RESULTS_BLOCK_SLUG, child_env
 from flowyard.services.base import Context
 
 
 def apply(ctx: Context) -> list[str]:
     """Create or update the results block, pools, queues, limits and automations."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
-    env.update(client_env(ctx))
+    env = child_env(
+        ctx,
+        # Bootstrap talks to the API on loopback so it works before the proxy is up.
+        PREFECT_API_URL=f"http://{LOOPBACK}:{ctx.config.prefect.port}/api",
+        FLOWYARD_SETUP_CONFIG=ctx.config.model_dump_json(),
+    )
     # Plain HTTP on loopback: Caddy (and its CA file) may not exist yet on a first start.
     env.pop("PREFECT_API_SSL_CERT_FILE", None)
-    env.update(
-        {
-            # Bootstrap talks to the API on loopback so it works before the proxy is up.
-            "PREFECT_API_URL": f"http://{LOOPBACK}:{ctx.config.prefect.port}/api",
-            "PREFECT_HOME": str(ctx.paths.service_data("cli")),
-            "PREFECT_PROFILES_PATH": str(ctx.paths.prefect_profiles),
-            "FLOWYARD_SETUP_CONFIG": ctx.config.model_dump_json(),
-        }
-    )
     result = subprocess.run(
         [sys.executable, "-m", "flowyard.platform.prefect_setup", RESULTS_BLOCK_SLUG],
         env=env,

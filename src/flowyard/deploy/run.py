@@ -1,0 +1,109 @@
+"""`flowyard deploy` in a child process whose environment is the platform's client env.
+
+Order matters for "nothing half-made": validate everything, then `prefect deploy` (push code
+to S3, register), then prove every deployment's code can be fetched the way a worker will;
+deployments whose code cannot be fetched are deleted again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from prefect.client.orchestration import get_client
+from prefect.deployments.steps.core import run_steps
+
+from flowyard.deploy.project import DeploymentSpec, load_project
+from flowyard.deploy.validate import problems
+
+
+async def _validate(root: Path, specs: list[DeploymentSpec]) -> list[str]:
+    found: list[str] = []
+    async with get_client() as client:
+        for spec in specs:
+            found += await problems(client, root, spec)
+    return found
+
+
+async def _fetchable(root: Path, specs: list[DeploymentSpec], flow_names: dict[str, str]) -> list[str]:
+    """Run each deployment's stored pull steps into an empty dir, as a worker would."""
+    found = []
+    async with get_client() as client:
+        for spec in specs:
+            deployment = await client.read_deployment_by_name(f"{flow_names[spec.name]}/{spec.name}")
+            with tempfile.TemporaryDirectory() as scratch:
+                cwd = os.getcwd()
+                os.chdir(scratch)
+                try:
+                    await run_steps(deployment.pull_steps or [])
+                    present = Path(os.getcwd(), spec.flow_file).exists()
+                except Exception as exc:
+                    present = False
+                    found.append(f"{spec.name}: pull steps failed: {exc}")
+                finally:
+                    os.chdir(cwd)
+            if not present:
+                await client.delete_deployment(deployment.id)
+                found.append(
+                    f"{spec.name}: code is not fetchable by a worker (entrypoint missing after "
+                    "pull); the deployment was removed"
+                )
+    return found
+
+
+def main() -> None:
+    root = Path(sys.argv[1]).absolute()
+    overrides = json.loads(sys.argv[2])
+    specs = load_project(root)
+    for spec in specs:
+        spec.pool = overrides.get("pool") or spec.pool
+        spec.queue = overrides.get("queue") or spec.queue
+    sys.path.insert(0, str(root))
+    found = asyncio.run(_validate(root, specs))
+    if found:
+        print(json.dumps({"ok": False, "problems": found}))
+        sys.exit(2)
+    flow_names = {}
+    for spec in specs:
+        from prefect.flows import load_flow_from_entrypoint
+
+        flow_names[spec.name] = load_flow_from_entrypoint(str(root / spec.entrypoint)).name
+    args = [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"]
+    if overrides.get("pool"):
+        args += ["--pool", overrides["pool"]]
+    if overrides.get("queue"):
+        args += ["--work-queue", overrides["queue"]]
+    result = subprocess.run(args, cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(json.dumps({"ok": False, "problems": ["prefect deploy failed", result.stdout[-3000:] + result.stderr[-3000:]]}))
+        sys.exit(3)
+    found = asyncio.run(_fetchable(root, specs, flow_names))
+    if found:
+        print(json.dumps({"ok": False, "problems": found}))
+        sys.exit(4)
+    print(
+        json.dumps(
+            {
+                "ok": True,
+                "deployments": [
+                    {
+                        "name": f"{flow_names[s.name]}/{s.name}",
+                        "pool": s.pool,
+                        "queue": s.queue,
+                        "schedules": [c for c, _ in s.crons],
+                        "parameters": s.parameters,
+                    }
+                    for s in specs
+                ],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
