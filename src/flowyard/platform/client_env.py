@@ -39,15 +39,32 @@ def client_env(ctx: Context, ca_cert: Path | None = None) -> dict[str, str]:
     else:
         assert cfg.object_store.endpoint_url is not None
         env["AWS_ENDPOINT_URL_S3"] = cfg.object_store.endpoint_url
+    if cfg.mlflow.enabled:
+        env.update(mlflow_env(ctx, ca if internal_ca else None))
+    return env
+
+
+def mlflow_env(ctx: Context, ca: str | None) -> dict[str, str]:
+    """MLflow clients go through the proxy like everything else; artifacts too, so no S3 keys."""
+    from flowyard.services import mlflow
+
+    user, password = mlflow.admin_auth(ctx)
+    env = {
+        "MLFLOW_TRACKING_URI": f"{ctx.config.proxy.url}{mlflow.PREFIX}",
+        "MLFLOW_TRACKING_USERNAME": user,
+        "MLFLOW_TRACKING_PASSWORD": password,
+        # On-premises: the client's usage telemetry stays off like the server's.
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    if ca:
+        env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = ca
     return env
 
 
 def child_env(ctx: Context, **overrides: str) -> dict[str, str]:
     """Environment for a child process acting as a platform client: the caller's own
     Prefect/AWS/MLflow settings are dropped so they cannot point it elsewhere."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "MLFLOW_"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "MLFLOW_"))}
     env.update(client_env(ctx))
     env["PREFECT_HOME"] = str(ctx.paths.service_data("cli"))
     env["PREFECT_PROFILES_PATH"] = str(ctx.paths.prefect_profiles)

@@ -23,11 +23,27 @@ from flowyard.errors import FlowyardError
 
 
 @dataclass(frozen=True)
+class Hosts:
+    """Where platform processes listen and find each other.
+
+    Natively everything is on loopback; under compose each service is its own container, so
+    the container renderer passes container names here and the same functions that build
+    native settings build the container ones (`flowyard.render.containers`).
+    """
+
+    bind: str = LOOPBACK
+    postgres: str = LOOPBACK
+    redis: str = LOOPBACK
+    object_store: str = LOOPBACK
+
+
+@dataclass(frozen=True)
 class Context:
     """Everything a service needs to describe itself: the one config, its secrets, its paths."""
 
     config: FlowyardConfig
     secrets: Secrets
+    hosts: Hosts = Hosts()
 
     @property
     def paths(self) -> Paths:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import ssl
 
 import httpx
 
@@ -38,8 +39,11 @@ def export_ca(ctx: Context) -> bool:
     return True
 
 
-def verify_path(ctx: Context) -> str | bool:
-    return str(ctx.paths.ca_cert) if ctx.config.proxy.tls == "internal" else True
+def tls_verify(ctx: Context) -> ssl.SSLContext | bool:
+    """What an HTTPS client of the proxy verifies against: the platform CA, or public roots."""
+    if ctx.config.proxy.tls != "internal":
+        return True
+    return ssl.create_default_context(cafile=str(ctx.paths.ca_cert))
 
 
 def is_ready(ctx: Context) -> bool:
@@ -48,7 +52,7 @@ def is_ready(ctx: Context) -> bool:
     try:
         # Through the proxy, TLS verified: this proves certificate, routing and upstream.
         response = httpx.get(
-            f"{ctx.config.proxy.url}/api/health", verify=verify_path(ctx), timeout=3
+            f"{ctx.config.proxy.url}/api/health", verify=tls_verify(ctx), timeout=3
         )
         return response.status_code == 200
     except (httpx.HTTPError, OSError):

@@ -204,7 +204,8 @@ def is_ready(ctx: Context) -> bool:
 
 def database_url(ctx: Context, database: str, driver: str = "postgresql+asyncpg") -> str:
     password = getattr(ctx.secrets, DATABASES[database]).get_secret_value()
-    return f"{driver}://{database}:{password}@{LOOPBACK}:{ctx.config.postgres.port}/{database}"
+    host, port = ctx.hosts.postgres, ctx.config.postgres.port
+    return f"{driver}://{database}:{password}@{host}:{port}/{database}"
 
 
 def service(ctx: Context) -> Service:

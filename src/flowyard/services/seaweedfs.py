@@ -62,8 +62,8 @@ def command(ctx: Context) -> list[str]:
         "-log_max_files=3",
         "mini",
         f"-dir={data}",
-        f"-ip={LOOPBACK}",
-        f"-ip.bind={LOOPBACK}",
+        f"-ip={ctx.hosts.object_store}",
+        f"-ip.bind={ctx.hosts.bind}",
         *ports("master", store.master_port),
         "-master.telemetry=false",
         *ports("volume", store.volume_port),
@@ -114,7 +114,9 @@ def s3_client(ctx: Context, endpoint_url: str | None = None) -> object:
     store = ctx.config.object_store
     if endpoint_url is None:
         endpoint_url = (
-            f"http://{LOOPBACK}:{store.s3_port}" if store.kind == "seaweedfs" else store.endpoint_url
+            f"http://{ctx.hosts.object_store}:{store.s3_port}"
+            if store.kind == "seaweedfs"
+            else store.endpoint_url
         )
     return boto3.client(
         "s3",

@@ -1,0 +1,132 @@
+"""Prefect client calls the worker benchmarks share: connect, deploy, trigger, wait.
+
+The benchmark talks to the platform as a user does: through the proxy, TLS verified, with
+the environment `flowyard env` prints. Settings are scoped with `temporary_settings`, since
+Prefect reads its environment once at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from flowyard.platform.client_env import client_env
+from flowyard.services.base import Context
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import FlowRun
+
+FLOW_NAME = "bench-noop"
+ENTRYPOINT = "bench_flow.py:noop"
+# The smallest real flow: what is measured is everything around it (dispatch, process
+# start, imports, state changes, result persistence), which every short run pays.
+FLOW_SOURCE = f'''"""Benchmark flow: does nothing, so only the platform's overhead is measured."""
+
+from prefect import flow
+
+
+@flow(name="{FLOW_NAME}")
+def noop(x: int = 0) -> int:
+    return x
+'''
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@asynccontextmanager
+async def platform_client(ctx: Context) -> AsyncIterator[PrefectClient]:
+    from prefect import get_client
+    from prefect.settings import (
+        PREFECT_API_AUTH_STRING,
+        PREFECT_API_SSL_CERT_FILE,
+        PREFECT_API_URL,
+        temporary_settings,
+    )
+
+    env = client_env(ctx)
+    updates: dict[Any, Any] = {
+        PREFECT_API_URL: env["PREFECT_API_URL"],
+        PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"],
+    }
+    if "PREFECT_API_SSL_CERT_FILE" in env:
+        updates[PREFECT_API_SSL_CERT_FILE] = env["PREFECT_API_SSL_CERT_FILE"]
+    with temporary_settings(updates=updates):
+        async with get_client() as client:
+            yield client
+
+
+def write_flow_dir(root: Path) -> Path:
+    """A local directory holding the flow, as a user's checkout would."""
+    flow_dir = root / "flow-src"
+    flow_dir.mkdir(parents=True, exist_ok=True)
+    (flow_dir / "bench_flow.py").write_text(FLOW_SOURCE)
+    return flow_dir
+
+
+async def deploy(client: PrefectClient, flow_dir: Path, pool: str, name: str) -> UUID:
+    """A deployment of the flow from a local path (a set_working_directory pull step)."""
+    flow_id = await client.create_flow_from_name(FLOW_NAME)
+    return await client.create_deployment(
+        flow_id=flow_id,
+        name=name,
+        work_pool_name=pool,
+        work_queue_name="default",
+        entrypoint=ENTRYPOINT,
+        path=str(flow_dir),
+        pull_steps=[
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(flow_dir)}}
+        ],
+        parameter_openapi_schema={"type": "object", "properties": {}},
+        enforce_parameter_schema=False,
+    )
+
+
+async def read_runs(client: PrefectClient, ids: Iterable[UUID]) -> list[FlowRun]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    ids = list(ids)
+    runs: list[FlowRun] = []
+    # The API caps a page at 200 runs.
+    for i in range(0, len(ids), 200):
+        chunk = ids[i : i + 200]
+        runs += await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)), limit=len(chunk)
+        )
+    return runs
+
+
+def state_type(run: FlowRun) -> str:
+    return run.state.type.value if run.state else "NONE"
+
+
+async def wait_terminal(
+    client: PrefectClient, ids: Iterable[UUID], timeout: float, interval: float = 0.5
+) -> list[FlowRun]:
+    """Poll until every run is terminal or `timeout` passes; returns the last read.
+
+    Only tells us *when to stop waiting*: latencies come from the runs' own state
+    timestamps, so the polling interval does not blur them.
+    """
+    ids = list(ids)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        runs = await read_runs(client, ids)
+        if len(runs) == len(ids) and all(state_type(r) in TERMINAL for r in runs):
+            return runs
+        if loop.time() > end:
+            return runs
+        await asyncio.sleep(interval)
+
+
+async def state_times(client: PrefectClient, run_id: UUID) -> dict[str, datetime]:
+    """When the run first entered each state type (PENDING, RUNNING, COMPLETED, ...)."""
+    times: dict[str, datetime] = {}
+    for state in sorted(await client.read_flow_run_states(run_id), key=lambda s: s.timestamp):
+        times.setdefault(state.type.value, state.timestamp)
+    return times

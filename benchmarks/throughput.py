@@ -1,0 +1,144 @@
+"""Throughput: N short runs submitted at once → all Completed, with one worker; and CPU.
+
+Runs/minute is N over the time from the first submission to the last run's Completed
+timestamp. CPU per run is the worker's whole process tree (flow-run children included, see
+procs.py) over the batch, divided by N; the platform's own services' CPU over the same
+window is reported beside it, since a worker can move cost onto the server. Peak PSS of the
+worker tree is sampled during the batch (PSS, not RSS, so pages a fork server shares
+copy-on-write are not counted once per run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from benchmarks import procs
+from benchmarks.guard import wait_until
+from benchmarks.harness import BenchEnv, say
+from benchmarks.prefect_client import (
+    deploy,
+    platform_client,
+    state_type,
+    wait_terminal,
+    write_flow_dir,
+)
+from benchmarks.report import BenchResult, Figure
+from benchmarks.stats import rate
+from benchmarks.workers import WorkerKind, pool_name, running_worker
+from flowyard.platform.supervisor import Supervisor
+
+MiB = 2**20
+SUBMIT_CONCURRENCY = 10
+
+
+async def _sample_peak_pss(pid: int, peak: dict[str, float], interval: float = 2.0) -> None:
+    while True:
+        pss, _ = procs.tree_pss_bytes(pid)
+        peak["pss"] = max(peak.get("pss", 0), pss)
+        await asyncio.sleep(interval)
+
+
+async def _batch(env: BenchEnv, kind: WorkerKind, role: str, deployment_id: UUID) -> dict[str, Any]:
+    ctx, plan = env.platform, env.plan
+    server_pid = Supervisor(ctx.paths).pid()
+    assert server_pid is not None
+    n = plan.throughput_runs
+    with running_worker(ctx, kind, pool_name(role), plan.worker_limit, env.workdir) as worker:
+        await asyncio.sleep(3)  # past the worker's start-up work
+        idle_pss, _ = procs.tree_pss_bytes(worker.pid)
+        baseline = procs.descendants(worker.pid)
+        cpu0, server0 = procs.tree_cpu_seconds(worker.pid), procs.tree_cpu_seconds(server_pid)
+        peak: dict[str, float] = {}
+        sampler = asyncio.create_task(_sample_peak_pss(worker.pid, peak))
+        try:
+            async with platform_client(ctx) as client:
+                sem = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+
+                async def submit() -> UUID:
+                    async with sem:
+                        return (await client.create_flow_run_from_deployment(deployment_id)).id
+
+                t0, m0 = datetime.now(UTC), time.monotonic()
+                ids = await asyncio.gather(*(submit() for _ in range(n)))
+                submit_s = time.monotonic() - m0
+                runs = await wait_terminal(
+                    client, ids, timeout=env.deadline.remaining() - 45, interval=1.0
+                )
+                gave_up = datetime.now(UTC)
+        finally:
+            sampler.cancel()
+        completed = [r for r in runs if state_type(r) == "COMPLETED" and r.end_time]
+        all_done = len(completed) == n
+        end = max((r.end_time for r in completed), default=gave_up) if all_done else gave_up
+        wall = (end - t0).total_seconds()
+        # Run processes outlive their Completed state by a moment; their CPU reaches the
+        # worker's cutime only once they exit and are reaped.
+        wait_until(lambda: not (procs.descendants(worker.pid) - baseline), timeout=30)
+        cpu = procs.tree_cpu_seconds(worker.pid) - cpu0
+        server_cpu = procs.tree_cpu_seconds(server_pid) - server0
+    states: dict[str, int] = {}
+    for r in runs:
+        states[state_type(r)] = states.get(state_type(r), 0) + 1
+    return {
+        "kind": kind.key,
+        "runs": n,
+        "completed": len(completed),
+        "states": states,
+        "submit_s": submit_s,
+        "wall_s": wall,
+        "runs_per_min": rate(len(completed), wall, per=60),
+        "worker_cpu_s": cpu,
+        "worker_cpu_per_run_s": cpu / n,
+        "platform_cpu_per_run_s": server_cpu / n,
+        "worker_idle_pss_mib": idle_pss / MiB,
+        "worker_peak_pss_mib": peak.get("pss", 0) / MiB,
+        "all_completed": all_done,
+    }
+
+
+async def _run(env: BenchEnv, res: BenchResult) -> None:
+    flow_dir = write_flow_dir(env.workdir)
+    ids = {}
+    async with platform_client(env.platform) as client:
+        for role in ("candidate", "reference"):
+            ids[role] = await deploy(client, flow_dir, pool_name(role), f"throughput-{role}")
+    for role, kind in (("candidate", env.candidate), ("reference", env.reference)):
+        say(f"throughput: {env.plan.throughput_runs} runs at once, {role} worker ({kind.key})")
+        res.details[role] = await _batch(env, kind, role, ids[role])
+
+
+def _figures(res: BenchResult) -> None:
+    cand, ref = res.details.get("candidate", {}), res.details.get("reference", {})
+    n = cand.get("runs")
+    rows = [
+        ("runs per minute", "runs/min", "runs_per_min", "higher"),
+        ("worker CPU per run (process tree)", "CPU-s", "worker_cpu_per_run_s", "lower"),
+        ("platform services' CPU per run", "CPU-s", "platform_cpu_per_run_s", "lower"),
+        ("worker idle PSS", "MiB", "worker_idle_pss_mib", "lower"),
+        ("worker peak PSS during the batch", "MiB", "worker_peak_pss_mib", "lower"),
+    ]
+    for metric, unit, key, better in rows:
+        res.add(Figure(metric, unit, cand.get(key), ref.get(key), better, n=n))  # type: ignore[arg-type]
+    if not (cand.get("all_completed") and ref.get("all_completed")):
+        res.status = "partial"
+        res.notes.append(
+            "not every run completed: "
+            f"candidate {cand.get('states')}, reference {ref.get('states')}"
+        )
+
+
+def run(env: BenchEnv, res: BenchResult) -> None:
+    res.candidate = env.candidate.label
+    res.reference = env.reference.label
+    res.notes.append(
+        f"{env.plan.throughput_runs} no-op runs created at once, one worker with --limit "
+        f"{env.plan.worker_limit or 'none'}; CPU = worker process tree incl. reaped children"
+    )
+    try:
+        asyncio.run(_run(env, res))
+    finally:
+        _figures(res)

@@ -1,0 +1,184 @@
+"""The worker kinds the dispatch and throughput benchmarks compare, and running one.
+
+- `platform`: the worker exactly as Flowyard runs it (`flowyard.services.worker`), pointed
+  at a benchmark pool. Whatever the platform ships, this measures: today Prefect's process
+  worker with the platform's settings, and the fast worker once the default pool uses it.
+- `process`: stock `prefect worker start --type process`, Prefect's defaults (10 s poll).
+- `flowyard`: `prefect worker start --type flowyard`, the fast worker (issue 8) by its
+  Prefect worker type, usable as soon as the type is registered even before the platform
+  switches to it.
+- `auto` (default candidate): `flowyard` when that type is registered, else `platform`.
+
+Both kinds get the same `--limit` (the platform's default: one run per CPU), so the
+comparison is of how runs are dispatched and started, not of how many may run at once.
+We start each worker ourselves, in its own session, so its CPU can be read from its process
+tree and every process it leaves behind can be killed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from benchmarks import procs
+from flowyard.config.model import default_pools
+from flowyard.platform.api import api_client
+from flowyard.platform.client_env import client_env
+from flowyard.platform.lifecycle import tail
+from flowyard.services import worker as worker_service
+from flowyard.services.base import Context, binary
+
+KINDS = ("auto", "platform", "process", "flowyard")
+
+
+@dataclass(frozen=True)
+class WorkerKind:
+    key: str
+    pool_type: str
+    label: str
+
+
+def platform_pool_type() -> str:
+    """The worker type of the pool the platform's own worker serves, by default."""
+    from flowyard.config.model import WorkerConfig
+
+    pool = WorkerConfig.model_fields["pool"].default
+    return next(p.type for p in default_pools() if p.name == pool)
+
+
+def flowyard_type_registered() -> bool:
+    from prefect.workers.base import BaseWorker
+
+    return BaseWorker.get_worker_class_from_type("flowyard") is not None
+
+
+def resolve(key: str) -> WorkerKind:
+    if key == "auto":
+        key = "flowyard" if flowyard_type_registered() else "platform"
+    if key == "process":
+        return WorkerKind("process", "process", "stock Prefect process worker (defaults)")
+    if key == "flowyard":
+        if not flowyard_type_registered():
+            raise SystemExit(
+                "Worker kind 'flowyard' asked for, but no Prefect worker type 'flowyard' is "
+                "registered (issue 8 not landed?). Use --candidate platform or process."
+            )
+        return WorkerKind("flowyard", "flowyard", "flowyard worker (type flowyard)")
+    if key == "platform":
+        pool_type = platform_pool_type()
+        label = f"platform worker (flowyard.services.worker, type {pool_type})"
+        if pool_type == "process":
+            label += (
+                " — today this is Prefect's process worker as the platform runs it; the "
+                "flowyard worker (issue 8) is not in use yet"
+            )
+        return WorkerKind("platform", pool_type, label)
+    raise SystemExit(f"unknown worker kind {key!r}; choose from {', '.join(KINDS)}")
+
+
+def pool_name(role: str) -> str:
+    return f"bench-{role}"
+
+
+@dataclass
+class RunningWorker:
+    kind: WorkerKind
+    pool: str
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def _command(
+    ctx: Context, kind: WorkerKind, pool: str, limit: int, home: Path
+) -> tuple[list[str], dict[str, str], Path, str]:
+    """(argv, environment, working directory, worker name) for one worker."""
+    if kind.key == "platform":
+        config = ctx.config.model_copy(deep=True)
+        config.worker.pool = pool
+        config.worker.concurrency = limit or None
+        wctx = Context(config=config, secrets=ctx.secrets)
+        service = worker_service.service(wctx)
+        if service.prepare:
+            service.prepare()
+        argv = list(service.command)
+        if not limit and "--limit" in argv:
+            i = argv.index("--limit")
+            del argv[i : i + 2]
+        return argv, service.env, service.cwd or home, worker_service.worker_name(wctx)
+    name = f"bench-{kind.key}"
+    argv = [binary("prefect"), "worker", "start", "--pool", pool, "--type", kind.pool_type]
+    argv += ["--name", name] + (["--limit", str(limit)] if limit else [])
+    env = {
+        **client_env(ctx),
+        "PREFECT_HOME": str(home / "prefect-home"),
+        "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
+    }
+    return argv, env, home, name
+
+
+def registered(ctx: Context, pool: str, name: str) -> bool:
+    """The worker has announced itself for its pool (Prefect's own readiness signal)."""
+    try:
+        with api_client(ctx) as client:
+            r = client.post(f"/work_pools/{pool}/workers/filter", json={})
+            return r.status_code == 200 and any(w["name"] == name for w in r.json())
+    except httpx.HTTPError:
+        return False
+
+
+def _forget_workers(ctx: Context, pool: str) -> None:
+    """Delete the pool's worker records, so readiness means *this* worker registered."""
+    try:
+        with api_client(ctx) as client:
+            r = client.post(f"/work_pools/{pool}/workers/filter", json={})
+            for w in r.json() if r.status_code == 200 else []:
+                client.delete(f"/work_pools/{pool}/workers/{w['name']}")
+    except httpx.HTTPError:
+        pass
+
+
+@contextmanager
+def running_worker(
+    ctx: Context, kind: WorkerKind, pool: str, limit: int, workdir: Path, ready_timeout: float = 90
+) -> Iterator[RunningWorker]:
+    """Start one worker for `pool`, wait until it registered, stop it (and its runs) after."""
+    home = workdir / f"worker-{kind.key}-{pool}"
+    home.mkdir(parents=True, exist_ok=True)
+    argv, env, cwd, name = _command(ctx, kind, pool, limit, home)
+    _forget_workers(ctx, pool)
+    log = home / "worker.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            argv,
+            env={**procs.clean_env(), **env},
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    worker = RunningWorker(kind, pool, name, process, log)
+    try:
+        end = time.monotonic() + ready_timeout
+        while not registered(ctx, pool, name):
+            if process.poll() is not None:
+                raise RuntimeError(f"{kind.key} worker exited ({process.returncode}):\n{tail(log)}")
+            if time.monotonic() > end:
+                raise RuntimeError(f"{kind.key} worker not registered after {ready_timeout} s")
+            time.sleep(0.25)
+        yield worker
+    finally:
+        # INT is what stops a Prefect 3.9 worker (it ignores TERM), as the platform does.
+        procs.stop_tree(process.pid)
+        process.poll()

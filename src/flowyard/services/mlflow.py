@@ -1,0 +1,264 @@
+"""MLflow tracking server: runs and models in PostgreSQL, artifacts in S3, behind /mlflow.
+
+The server proxies artifacts (`--serve-artifacts`), so clients need only the HTTPS URL and
+their MLflow credentials, never S3 keys. Authentication is MLflow's own basic-auth app (see
+docs/tracking.md for why not the proxy). Tuned for a small machine: one uvicorn worker and
+no background job runner (MLflow's defaults idle near 3 GB).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from flowyard.config.model import LOOPBACK
+from flowyard.errors import FlowyardError
+from flowyard.services import postgres
+from flowyard.services.base import Context, Service, binary
+
+PREFIX = "/mlflow"
+ADMIN_USER = "admin"
+# psycopg 3 (SQLAlchemy's `postgresql+psycopg`); the bare `postgresql://` means psycopg2.
+DB_DRIVER = "postgresql+psycopg"
+
+
+def db_url(ctx: Context) -> str:
+    return postgres.database_url(ctx, "mlflow", driver=DB_DRIVER)
+
+
+def auth_config_path(ctx: Context) -> Path:
+    return ctx.paths.run / "mlflow-auth.ini"
+
+
+def local_url(ctx: Context) -> str:
+    return f"http://{LOOPBACK}:{ctx.config.mlflow.port}{PREFIX}"
+
+
+def admin_auth(ctx: Context) -> tuple[str, str]:
+    return ADMIN_USER, ctx.secrets.mlflow_admin_password.get_secret_value()
+
+
+def flask_secret_key(ctx: Context) -> str:
+    # The auth app signs CSRF tokens with a static key. Derived from the admin password so it
+    # is stable across restarts and needs no extra secret; it reveals nothing about it.
+    key = ctx.secrets.mlflow_admin_password.get_secret_value().encode()
+    return hmac.new(key, b"flowyard mlflow flask secret key", hashlib.sha256).hexdigest()
+
+
+def render_auth_config(ctx: Context) -> str:
+    # configparser interpolates `%`; the generated passwords have none, but a hand-set one may.
+    database_uri = db_url(ctx).replace("%", "%%")
+    return "\n".join(
+        [
+            "[mlflow]",
+            # Users created later (one per team or SaaS component) see every experiment and
+            # edit their own; the admin grants more.
+            "default_permission = READ",
+            # Same database as the tracking store: the auth tables and their migration table
+            # (alembic_version_auth) have their own names, and one database is one backup.
+            f"database_uri = {database_uri}",
+            f"admin_username = {ADMIN_USER}",
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+            # One worker holds the cache, and password changes through the API invalidate it
+            # there at once, so caching a checked password for a minute is not stale; it
+            # spares a PBKDF2 hash on every request (metric batches, artifact chunks).
+            "auth_cache_max_size = 1000",
+            "auth_cache_ttl_seconds = 60",
+            "",
+        ]
+    )
+
+
+def public_netloc(ctx: Context) -> str:
+    """`host:port` as browsers send it in the Host header (no port for 443)."""
+    return urlsplit(ctx.config.proxy.url).netloc
+
+
+def allowed_hosts(ctx: Context) -> list[str]:
+    port = ctx.config.mlflow.port
+    # The public name through Caddy (which forwards Host unchanged), and loopback for the
+    # readiness check; any other Host is refused (DNS rebinding protection).
+    return [public_netloc(ctx), f"{LOOPBACK}:{port}", f"localhost:{port}"]
+
+
+def artifacts_destination(ctx: Context) -> str:
+    return f"s3://{ctx.config.object_store.artifacts_bucket}/"
+
+
+def s3_env(ctx: Context) -> dict[str, str]:
+    """Server-side S3 access: the server is the only MLflow component that holds S3 keys."""
+    store = ctx.config.object_store
+    endpoint = (
+        f"http://{LOOPBACK}:{store.s3_port}" if store.kind == "seaweedfs" else store.endpoint_url
+    )
+    assert endpoint is not None  # the config model requires it for external stores
+    return {
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,
+        "MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE": "path",
+        "AWS_ACCESS_KEY_ID": ctx.secrets.s3_access_key.get_secret_value(),
+        "AWS_SECRET_ACCESS_KEY": ctx.secrets.s3_secret_key.get_secret_value(),
+        "AWS_DEFAULT_REGION": store.region,
+    }
+
+
+def server_env(ctx: Context) -> dict[str, str]:
+    data = ctx.paths.service_data("mlflow")
+    return {
+        # Passed by environment, not argv: argv is world-readable in /proc.
+        "MLFLOW_BACKEND_STORE_URI": db_url(ctx),
+        "MLFLOW_AUTH_CONFIG_PATH": str(auth_config_path(ctx)),
+        # Creates the admin on an empty user store; `bootstrap` re-syncs it afterwards.
+        "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN_USER,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": ctx.secrets.mlflow_admin_password.get_secret_value(),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": flask_secret_key(ctx),
+        # The job runner (huey consumers for GenAI evaluation) costs more than the server.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        # On-premises: nothing phones home.
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        # Artifact uploads are spooled to temp files before they go to S3.
+        "TMPDIR": str(data / "tmp"),
+        "HOME": str(data),
+        **s3_env(ctx),
+    }
+
+
+def command(ctx: Context) -> list[str]:
+    cfg = ctx.config
+    return [
+        binary("mlflow"),
+        "server",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(cfg.mlflow.port),
+        "--workers",
+        "1",
+        "--static-prefix",
+        PREFIX,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts_destination(ctx),
+        "--allowed-hosts",
+        ",".join(allowed_hosts(ctx)),
+        # Browsers send Origin on same-origin POSTs too; MLflow blocks unknown origins.
+        "--cors-allowed-origins",
+        cfg.proxy.url,
+        "--app-name",
+        "basic-auth",
+        # Caddy already writes an access log for every request.
+        "--uvicorn-opts",
+        "--no-access-log",
+    ]
+
+
+# `mlflow db upgrade` takes the URL as an argument; this keeps it out of argv.
+_MIGRATE = (
+    "import os, sys; from mlflow.db import upgrade; "
+    "upgrade.main([os.environ['MLFLOW_BACKEND_STORE_URI']], standalone_mode=False)"
+)
+
+
+def migrate(ctx: Context) -> None:
+    """Create or upgrade the tracking schema before the server starts (it refuses an old one)."""
+    timeout = ctx.config.prefect.migration_timeout
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _MIGRATE],
+            env={**os.environ, **server_env(ctx)},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise FlowyardError(
+            f"MLflow's database migration did not finish in {timeout} s.",
+            fix="Raise prefect.migration_timeout, or check `flowyard logs postgres` for locks.",
+        ) from exc
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise FlowyardError(
+            f"MLflow's database migration failed:\n{tail}",
+            fix="Read the output above; restore a backup if the schema was left half-migrated.",
+        )
+
+
+def prepare(ctx: Context) -> None:
+    data = ctx.paths.service_data("mlflow")
+    (data / "tmp").mkdir(parents=True, exist_ok=True)
+    path = auth_config_path(ctx)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(render_auth_config(ctx))
+    migrate(ctx)
+
+
+def is_ready(ctx: Context) -> bool:
+    try:
+        # /health needs no credentials; the second call proves store, auth and Host checks.
+        if httpx.get(f"{local_url(ctx)}/health", timeout=2).status_code != 200:
+            return False
+        response = httpx.get(
+            f"{local_url(ctx)}/api/2.0/mlflow/experiments/search",
+            params={"max_results": 1},
+            auth=admin_auth(ctx),
+            timeout=10,
+        )
+        # 401: up, but the admin's password differs from secrets.toml; `bootstrap` fixes it.
+        return response.status_code in (200, 401)
+    except httpx.HTTPError:
+        return False
+
+
+# The admin's password is only used when the user store is empty; afterwards secrets.toml
+# (e.g. restored from a backup) wins, like the PostgreSQL roles' passwords do.
+_SYNC_ADMIN = (
+    "import os; from mlflow.server.auth.config import read_auth_config; "
+    "from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore; "
+    "s = SqlAlchemyStore(); s.init_db(read_auth_config().database_uri); "
+    "s.update_user(os.environ['MLFLOW_AUTH_ADMIN_USERNAME'], "
+    "password=os.environ['MLFLOW_AUTH_ADMIN_PASSWORD'], is_admin=True)"
+)
+
+
+def bootstrap(ctx: Context) -> list[str]:
+    probe = f"{local_url(ctx)}/api/2.0/mlflow/experiments/search"
+    if httpx.get(probe, params={"max_results": 1}, auth=admin_auth(ctx), timeout=10).is_success:
+        return []
+    result = subprocess.run(
+        [sys.executable, "-c", _SYNC_ADMIN],
+        env={**os.environ, **server_env(ctx)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        raise FlowyardError(
+            f"Could not reset MLflow's admin password: {result.stderr.strip()[-2000:]}",
+            fix="Check `flowyard logs mlflow`; the mlflow database may be damaged.",
+        )
+    return [f"admin password re-synced from {ctx.paths.secrets_file}"]
+
+
+def service(ctx: Context) -> Service:
+    port = ctx.config.mlflow.port
+    return Service(
+        name="mlflow",
+        description=f"MLflow tracking server ({ctx.config.proxy.url}{PREFIX})",
+        command=command(ctx),
+        env=server_env(ctx),
+        cwd=ctx.paths.service_data("mlflow"),
+        ports={"mlflow.port": port},
+        ready=lambda: is_ready(ctx),
+        ready_timeout=120,
+        start_secs=3,
+        prepare=lambda: prepare(ctx),
+        bootstrap=lambda: bootstrap(ctx),
+    )

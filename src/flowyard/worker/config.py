@@ -1,0 +1,111 @@
+"""The `flowyard` work-pool type's job configuration and the variables its template exposes.
+
+Same fields as Prefect's process worker (so deployments move between the two pools unchanged)
+plus the knobs of the warm start: whether to use it, which modules to keep imported, and a
+per-run memory cap.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, PrivateAttr, field_validator
+from prefect._internal.schemas.validators import validate_working_dir
+from prefect.utilities.processutils import command_to_string, get_sys_executable
+from prefect.workers.base import BaseJobConfiguration, BaseVariables
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from prefect.client.schemas.objects import Flow as APIFlow
+    from prefect.client.schemas.objects import FlowRun, WorkPool
+    from prefect.client.schemas.responses import DeploymentResponse
+
+_WARM_START = (
+    "Start the run by forking a warm interpreter that has Prefect (and warm_imports) already "
+    "imported, instead of a fresh `python -m prefect.engine`. Off, or a custom command, gives "
+    "the process worker's cold start."
+)
+_WARM_IMPORTS = (
+    "Modules imported once into the warm interpreter this deployment's runs fork from (heavy "
+    "third-party libraries such as pandas or sklearn). Runs with the same list share one warm "
+    "interpreter; a changed file of any imported module retires it, so stale code is never run."
+)
+_MEMORY = (
+    "Cap on a run's private memory in MiB (RLIMIT_DATA, which includes the ~150 MiB shared "
+    "with the warm interpreter); exceeding it fails that run only. Empty: no cap."
+)
+
+
+class FlowyardJobConfiguration(BaseJobConfiguration):
+    stream_output: bool = Field(default=True)
+    working_dir: Path | None = Field(default=None)
+    warm_start: bool = Field(default=True)
+    warm_imports: list[str] = Field(default_factory=list)
+    memory_limit_mb: int | None = Field(default=None)
+
+    # Set when the deployment or pool supplied its own command: that command is run as is.
+    _command_configured: bool = PrivateAttr(default=False)
+
+    @field_validator("working_dir")
+    @classmethod
+    def _working_dir(cls, v: Path | str | None) -> Path | None:
+        if isinstance(v, str):
+            return validate_working_dir(v)
+        return v
+
+    @field_validator("warm_imports", mode="before")
+    @classmethod
+    def _imports(cls, v: Any) -> Any:
+        # Templated from a variable, an unset list arrives as None.
+        return [] if v is None else v
+
+    def prepare_for_flow_run(
+        self,
+        flow_run: FlowRun,
+        deployment: DeploymentResponse | None = None,
+        flow: APIFlow | None = None,
+        work_pool: WorkPool | None = None,
+        worker_name: str | None = None,
+        worker_id: UUID | None = None,
+    ) -> None:
+        # The base fills in a default command, so note first whether one was configured.
+        self._command_configured = self.command is not None
+        super().prepare_for_flow_run(
+            flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id
+        )
+        # Like the process worker: the run inherits the worker's environment, the
+        # deployment's variables on top.
+        self.env = {**os.environ, **self.env}
+        if not self._command_configured:
+            self.command = command_to_string([get_sys_executable(), "-m", "prefect.engine"])
+
+    @property
+    def deployment(self) -> DeploymentResponse | None:
+        return self._related_objects.get("deployment")
+
+    @staticmethod
+    def _base_flow_run_command() -> str:
+        return "python -m prefect.engine"
+
+
+class FlowyardVariables(BaseVariables):
+    stream_output: bool = Field(
+        default=True,
+        description="Stream the flow run's output to the worker's standard output.",
+    )
+    working_dir: Path | None = Field(
+        default=None,
+        title="Working Directory",
+        description="Directory the run's workspace is prepared in (pull steps run there). "
+        "Default: a temporary directory, removed afterwards.",
+    )
+    warm_start: bool = Field(default=True, title="Warm Start", description=_WARM_START)
+    warm_imports: list[str] = Field(
+        default_factory=list, title="Warm Imports", description=_WARM_IMPORTS
+    )
+    memory_limit_mb: int | None = Field(
+        default=None, ge=64, title="Memory Limit (MiB)", description=_MEMORY
+    )

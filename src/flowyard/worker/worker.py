@@ -1,0 +1,360 @@
+"""The `flowyard` worker type: Prefect's worker with no poll wait and no cold start.
+
+Everything Prefect's `BaseWorker` does is kept (queues and priorities, the worker and
+pool/queue concurrency limits, Pending/Submitting proposals, heartbeats, cancellation of
+pending runs, crash reporting), and a run's lifecycle is Prefect's own `FlowRunExecutor`.
+What changes:
+
+- the poll loop is a `Dispatcher`, woken by scheduled-run events and by our own runs
+  finishing (`events`, `dispatch`); polling every `PREFECT_WORKER_QUERY_SECONDS` remains;
+- a run's process is forked from a warm interpreter (`zygote`, `starter`) instead of two
+  fresh interpreters (workspace supervisor, then engine); a custom command, `warm_start:
+  false`, or an environment that must be set before the interpreter starts gets Prefect's
+  cold path, unchanged;
+- one executor context is shared by all runs instead of one per run (`executors`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+from prefect.events import Event
+from prefect.exceptions import InfrastructureNotFound
+from prefect.flows import load_flow_from_flow_run
+from prefect.runner._hook_runner import HookRunner
+from prefect.runner._starter_engine import EngineCommandStarter
+from prefect.runner._workspace_hook_runner import WorkspaceHookRunner
+from prefect.runner._workspace_starter import WorkspaceResolvingEngineCommandStarter
+from prefect.settings import PREFECT_WORKER_QUERY_SECONDS
+from prefect.utilities.services import (
+    critical_service_loop,
+    start_client_metrics_server,
+    stop_client_metrics_server,
+)
+from prefect.workers.base import BaseWorker, BaseWorkerResult
+
+from flowyard.worker.config import FlowyardJobConfiguration, FlowyardVariables
+from flowyard.worker.dispatch import Dispatcher
+from flowyard.worker.events import listen_for_scheduled_runs, scheduled_time
+from flowyard.worker.executors import SharedExecutors
+from flowyard.worker.starter import ZygoteStarter
+from flowyard.worker.zygotes import ZygotePool, ZygoteUnavailable
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.runner._flow_run_executor import ProcessStarter
+    from prefect.runner._hook_runner import FlowRunHookRunner
+    from prefect.runner._process_manager import ProcessHandle
+
+# Read by the interpreter before any Python runs, so a fork cannot honour them.
+_STARTUP_ENV_PREFIXES = ("PYTHON", "LD_")
+_STARTUP_ENV_ALLOWED = {"PYTHONPATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
+
+
+def needs_cold_start(config: FlowyardJobConfiguration) -> str | None:
+    """Why this run cannot be forked from a warm interpreter, or None if it can."""
+    if config._command_configured:
+        return "a custom command is configured"
+    if not config.warm_start:
+        return "warm_start is off"
+    for key, value in config.env.items():
+        if (
+            key.startswith(_STARTUP_ENV_PREFIXES)
+            and key not in _STARTUP_ENV_ALLOWED
+            and value != os.environ.get(key)
+        ):
+            return f"{key} must be set when the interpreter starts"
+    return None
+
+
+class FlowyardWorkerResult(BaseWorkerResult):
+    """Exit status of a flow run's process."""
+
+
+class FlowyardWorker(
+    BaseWorker[FlowyardJobConfiguration, FlowyardVariables, FlowyardWorkerResult]
+):
+    type = "flowyard"
+    job_configuration = FlowyardJobConfiguration
+    job_configuration_variables = FlowyardVariables
+    _description = (
+        "Flowyard's process worker: picks up triggered runs at once (event stream) and starts "
+        "them from warm, pre-imported interpreters (fork server) in a fraction of the time "
+        "and CPU of a new Python process."
+    )
+    _display_name = "Flowyard"
+    _documentation_url = "https://docs.prefect.io/v3/concepts/workers"
+    _logo_url = "https://raw.githubusercontent.com/PrefectHQ/prefect/420d0d6a78bb6df1fc18bcf188fdad43c1d22ea9/assets/block-logos/process.png"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._zygotes: ZygotePool | None = None
+        self._executors: SharedExecutors | None = None
+        self._dispatcher: Dispatcher | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def setup(self) -> None:
+        await super().setup()
+        self._zygotes = ZygotePool(self._logger)
+        # Exit stack is LIFO: runs are stopped (executors) before their zygotes go.
+        self._exit_stack.push_async_callback(self._zygotes.close)
+        await self._zygotes.start()
+        self._executors = await self._exit_stack.enter_async_context(SharedExecutors())
+
+    async def start(
+        self,
+        run_once: bool = False,
+        with_healthcheck: bool = False,
+        printer: Callable[..., None] = print,
+    ) -> None:
+        if run_once:
+            # One poll, nothing to wake: the stock loop is exactly right.
+            await super().start(run_once=True, with_healthcheck=with_healthcheck, printer=printer)
+            return
+        healthcheck = contextlib.ExitStack()
+        try:
+            if with_healthcheck:
+                from prefect.workers.server import _run_healthcheck_server
+
+                interval = PREFECT_WORKER_QUERY_SECONDS.value()
+                healthcheck.enter_context(
+                    _run_healthcheck_server(
+                        lambda: self.is_worker_still_polling(query_interval_seconds=interval)
+                    )
+                )
+            async with self as worker:
+                self._dispatcher = Dispatcher(
+                    self.get_and_submit_flow_runs,
+                    interval=PREFECT_WORKER_QUERY_SECONDS.value(),
+                    logger=self._logger,
+                    prefetch_seconds=self._prefetch_seconds,
+                )
+                sync_service = partial(
+                    critical_service_loop,
+                    workload=self._sync_and_initialize,
+                    interval=self.heartbeat_interval_seconds,
+                    jitter_range=0.3,
+                    backoff=4,
+                )
+                async with anyio.create_task_group() as loops:
+                    loops.start_soon(self._dispatcher.run)
+                    loops.start_soon(sync_service)
+                    loops.start_soon(self._listen_for_scheduled_runs)
+                    self._started_event = await self._emit_worker_started_event()
+                    start_client_metrics_server()
+                    printer(f"Worker {worker.name!r} started!")
+        finally:
+            stop_client_metrics_server()
+            healthcheck.close()
+        printer(f"Worker {worker.name!r} stopped!")
+
+    async def _listen_for_scheduled_runs(self) -> None:
+        # The filter needs the pool's id, known after the first sync with the API.
+        while self._work_pool is None:
+            await anyio.sleep(0.5)
+        await listen_for_scheduled_runs(
+            str(self._work_pool.id), self._on_scheduled_event, self._logger
+        )
+
+    def _on_scheduled_event(self, event: Event | None) -> None:
+        if self._dispatcher is None:
+            return
+        due = scheduled_time(event) if event is not None else None
+        if due is None:
+            self._dispatcher.wake()
+        else:
+            self._dispatcher.wake_at(due)
+
+    def _release_limit_slot(self, flow_run_id: UUID) -> None:
+        super()._release_limit_slot(flow_run_id)
+        # A free slot is a reason to look for waiting runs now, not at the next poll.
+        if self._dispatcher is not None:
+            self._dispatcher.wake()
+
+    def get_status(self) -> dict[str, Any]:
+        status = super().get_status()
+        if self._dispatcher is not None:
+            status["dispatch"] = {
+                "polls": self._dispatcher.polls,
+                "wakeups": self._dispatcher.wakeups,
+            }
+        return status
+
+    # -- running a flow run --------------------------------------------------------------
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: FlowyardJobConfiguration,
+        task_status: anyio.abc.TaskStatus[int] | None = None,
+    ) -> FlowyardWorkerResult:
+        if task_status is None:
+            task_status = anyio.TASK_STATUS_IGNORED
+        assert self._executors is not None and self._zygotes is not None
+        working_dir = (
+            tempfile.TemporaryDirectory(suffix="prefect")
+            if not configuration.working_dir
+            else contextlib.nullcontext(str(configuration.working_dir))
+        )
+        runtime_dir = tempfile.TemporaryDirectory(prefix="flowyard-run-")
+        with working_dir as workdir, runtime_dir as runtime:
+            starter = self._starter(
+                configuration, Path(workdir).resolve(), Path(runtime) / "workspace.json"
+            )
+            executor = self._executors.create(flow_run, starter, starter.hook_runner)
+            execution = None
+
+            async def execute(
+                *, task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED
+            ) -> None:
+                nonlocal execution
+                execution = await executor.submit(task_status=task_status)
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    handle = await tg.start(execute)
+                    if handle.pid is None:
+                        raise RuntimeError("Flow run process has no PID")
+                    task_status.started(handle.pid)
+            finally:
+                await self._executors.release(flow_run.id)
+                starter.close()
+        if execution is None or execution.status_code is None:
+            raise RuntimeError("Failed to start flow run process.")
+        return FlowyardWorkerResult(
+            status_code=execution.status_code, identifier=str(execution.handle.pid)
+        )
+
+    def _starter(
+        self, config: FlowyardJobConfiguration, workspace_root: Path, manifest_path: Path
+    ) -> _RunStarter:
+        assert self._executors is not None and self._zygotes is not None
+        control = self._executors.control_channel
+        if config._command_configured:
+            # An explicit command is opaque (it may not even be Python): run it as is, as
+            # the process worker does, with its own pull-step behaviour.
+            return _RunStarter(
+                EngineCommandStarter(
+                    command=config.command,
+                    cwd=workspace_root,
+                    env=config.env,
+                    stream_output=config.stream_output,
+                    control_channel=control,
+                ),
+                HookRunner(resolve_flow=load_flow_from_flow_run),
+            )
+        reason = needs_cold_start(config)
+        if reason is not None:
+            self._logger.debug("Cold start: %s", reason)
+            return _cold_starter(config, workspace_root, control)
+        warm = ZygoteStarter(
+            pool=self._zygotes,
+            warm_imports=config.warm_imports,
+            job_env=config.env,
+            workspace_root=workspace_root,
+            manifest_path=manifest_path,
+            stream_output=config.stream_output,
+            memory_limit_mb=config.memory_limit_mb,
+            control_channel=control,
+        )
+        return _RunStarter(
+            warm,
+            WorkspaceHookRunner(manifest_path=manifest_path, stream_output=config.stream_output),
+            fallback=partial(_cold_starter, config, workspace_root, control),
+            logger=self._logger,
+        )
+
+    async def kill_infrastructure(
+        self,
+        infrastructure_pid: str,
+        configuration: FlowyardJobConfiguration,
+        grace_seconds: int = 30,
+    ) -> None:
+        """Stop a run of ours that is still being prepared (BaseWorker's pending-run cancel)."""
+        assert self._executors is not None
+        manager = self._executors.process_manager
+        pid = int(str(infrastructure_pid).rsplit(":", 1)[-1])
+        for flow_run_id in manager.flow_run_ids():
+            handle = manager.get(flow_run_id)
+            if handle is not None and handle.pid == pid:
+                await manager.kill(flow_run_id, grace_seconds=grace_seconds)
+                return
+        raise InfrastructureNotFound(f"No flow run process {pid} on this worker.")
+
+
+def _cold_starter(
+    config: FlowyardJobConfiguration, workspace_root: Path, control: Any
+) -> _RunStarter:
+    """Prefect's process-worker path: a supervisor process runs the pull steps, then execs
+    `python -m prefect.engine`."""
+    starter = WorkspaceResolvingEngineCommandStarter(
+        workspace_root=workspace_root,
+        command=None,
+        stream_output=config.stream_output,
+        control_channel=control,
+        source_cwd=workspace_root,
+        environment=config.env,
+    )
+    return _RunStarter(starter, starter.hook_runner, close=starter.close)
+
+
+class _RunStarter:
+    """The starter a run uses, its hook runner, and a cold fallback when no warm
+    interpreter can be had (the hooks then follow whichever path actually ran)."""
+
+    def __init__(
+        self,
+        starter: ProcessStarter,
+        hook_runner: FlowRunHookRunner,
+        *,
+        fallback: Callable[[], _RunStarter] | None = None,
+        close: Callable[[], None] | None = None,
+        logger: Any = None,
+    ) -> None:
+        self._starter = starter
+        self._hooks = hook_runner
+        self._fallback = fallback
+        self._fallen_back: _RunStarter | None = None
+        self._close = close
+        self._logger = logger
+
+    @property
+    def hook_runner(self) -> FlowRunHookRunner:
+        return self
+
+    async def run_cancellation_hooks(self, flow_run: FlowRun, state: Any) -> None:
+        await self._hooks.run_cancellation_hooks(flow_run, state)
+
+    async def run_crashed_hooks(self, flow_run: FlowRun, state: Any) -> None:
+        await self._hooks.run_crashed_hooks(flow_run, state)
+
+    async def start(
+        self,
+        flow_run: FlowRun,
+        task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            await self._starter.start(flow_run, task_status=task_status)
+        except ZygoteUnavailable as exc:
+            if self._fallback is None:
+                raise
+            if self._logger is not None:
+                self._logger.warning("No warm interpreter (%s): starting the run cold", exc)
+            self._fallen_back = cold = self._fallback()
+            self._starter, self._hooks = cold._starter, cold._hooks
+            await self._starter.start(flow_run, task_status=task_status)
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+        if self._fallen_back is not None:
+            self._fallen_back.close()
