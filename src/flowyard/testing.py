@@ -44,7 +44,9 @@ def free_port_config(home: Path, **overrides: Any) -> dict[str, Any]:
         for name in ("s3_port", "master_port", "volume_port", "filer_port", "admin_port")
     }
     data: dict[str, Any] = {
-        "proxy": {n: free_port(used) for n in ("https_port", "http_port", "s3_https_port", "admin_port")},
+        "proxy": {
+            n: free_port(used) for n in ("https_port", "http_port", "s3_https_port", "admin_port")
+        },
         "postgres": {"port": free_port(used)},
         "redis": {"port": free_port(used)},
         "prefect": {"port": free_port(used)},

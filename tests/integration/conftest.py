@@ -44,7 +44,9 @@ def run_client(ctx: Context, code: str, timeout: float = 300, **env: str) -> Any
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def flowyard_cli(ctx: Context, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def flowyard_cli(
+    ctx: Context, *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(Path(sys.executable).parent / "flowyard"), *args, "--home", str(ctx.config.home)],
         capture_output=True,

@@ -241,7 +241,9 @@ def test_failing_service_is_named_with_its_log_and_all_stopped(
     from flowyard.testing import init_home
 
     # More shared memory than the machine has: PostgreSQL refuses to start.
-    ctx = init_home(tmp_path_factory.mktemp("broken") / "home", postgres={"shared_buffers": "900GB"})
+    ctx = init_home(
+        tmp_path_factory.mktemp("broken") / "home", postgres={"shared_buffers": "900GB"}
+    )
     with pytest.raises(FlowyardError) as err:
         lifecycle.up(ctx, lambda *_: None)
     text = str(err.value)
@@ -261,8 +263,12 @@ def test_cli_errors_are_one_clear_message(tmp_path_factory: pytest.TempPathFacto
     )
     assert unwritable.returncode == 1 and "Cannot create FLOWYARD_HOME" in unwritable.stderr
     home.mkdir(parents=True)
-    assert subprocess.run([flowyard, "init", "--home", str(home)], capture_output=True).returncode == 0
-    nothing = subprocess.run([flowyard, "down", "--home", str(home)], capture_output=True, text=True)
+    assert (
+        subprocess.run([flowyard, "init", "--home", str(home)], capture_output=True).returncode == 0
+    )
+    nothing = subprocess.run(
+        [flowyard, "down", "--home", str(home)], capture_output=True, text=True
+    )
     assert nothing.returncode == 0 and "not running" in nothing.stdout
 
 

@@ -59,13 +59,15 @@ def test_malformed_toml_is_refused(tmp_path: Path) -> None:
 
 def test_port_clash_is_refused(tmp_path: Path) -> None:
     (tmp_path / "flowyard.toml").write_text("[prefect]\nport = 8443\n")
-    with pytest.raises(FlowyardError, match=r"proxy.https_port and prefect.port|prefect.port and proxy"):
+    with pytest.raises(
+        FlowyardError, match=r"proxy.https_port and prefect.port|prefect.port and proxy"
+    ):
         load_config(tmp_path)
 
 
 def test_worker_pool_must_exist(tmp_path: Path) -> None:
     (tmp_path / "flowyard.toml").write_text('[worker]\npool = "gpu"\n')
-    with pytest.raises(FlowyardError, match="worker.pool 'gpu'"):
+    with pytest.raises(FlowyardError, match=r"worker\.pool 'gpu'"):
         load_config(tmp_path)
 
 

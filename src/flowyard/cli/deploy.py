@@ -69,7 +69,9 @@ def run(
         raise FlowyardError(outcome["error"], fix="`prefect deployment ls` lists deployments.")
     else:
         colour = "green" if outcome["ok"] else "red"
-        console.print(f"[{colour}]{outcome['state']}[/] {outcome['flow_run_name']}  {outcome['url']}")
+        console.print(
+            f"[{colour}]{outcome['state']}[/] {outcome['flow_run_name']}  {outcome['url']}"
+        )
         if outcome.get("result") is not None:
             console.print(f"Result: {outcome['result']}")
     if not outcome["ok"]:

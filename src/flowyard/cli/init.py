@@ -33,7 +33,9 @@ def init(
             fix="Choose a writable directory with --home or FLOWYARD_HOME.",
         ) from exc
     if paths.config_file.exists() and not force:
-        console.print(f"[yellow]Already initialised:[/] {paths.config_file} (use --force to rewrite)")
+        console.print(
+            f"[yellow]Already initialised:[/] {paths.config_file} (use --force to rewrite)"
+        )
     else:
         config = load_config(home, require_file=False)
         if host:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import subprocess
 import time
 from pathlib import Path
@@ -38,7 +38,9 @@ def up(home: Path | None = HomeOption) -> None:
     console.print(f"  UI and API:  [bold]{ctx.config.proxy.url}[/]")
     if ctx.config.mlflow.enabled:
         console.print(f"  MLflow:      [bold]{ctx.config.proxy.url}/mlflow/[/]")
-    console.print(f"  Login:       user [bold]{ctx.secrets.prefect_user}[/], password in {secrets_file}")
+    console.print(
+        f"  Login:       user [bold]{ctx.secrets.prefect_user}[/], password in {secrets_file}"
+    )
     if ctx.config.proxy.tls == "internal":
         console.print(f"  CA cert:     {ctx.paths.ca_cert} (trust it in browsers and clients)")
     console.print('  Client env:  eval "$(flowyard env)"')
@@ -48,7 +50,10 @@ def up(home: Path | None = HomeOption) -> None:
 def down(home: Path | None = HomeOption) -> None:
     """Stop every service gracefully; data is kept."""
     ctx = lifecycle.load_context(resolve_home(home))
-    if not lifecycle.down(ctx, lambda name, phase: console.print(f"  {name:<17} {phase}") if phase == "stopped" else None):
+    if not lifecycle.down(
+        ctx,
+        lambda name, phase: console.print(f"  {name:<17} {phase}") if phase == "stopped" else None,
+    ):
         console.print("Flowyard is not running; nothing to stop.")
         return
     console.print("[green]Flowyard is down.[/] Data is kept in " + str(ctx.paths.data))
@@ -94,13 +99,15 @@ def logs(
     ctx = lifecycle.load_context(resolve_home(home))
     known = [*service_names(ctx), "caddy-access", "supervisord"]
     if service not in known:
-        raise FlowyardError(f"No service named {service!r}.", fix=f"Use one of: {', '.join(known)}.")
+        raise FlowyardError(
+            f"No service named {service!r}.", fix=f"Use one of: {', '.join(known)}."
+        )
     path = ctx.paths.log_file(service)
     if not path.exists():
-        raise FlowyardError(f"{service} has not written a log yet ({path}).", fix="Run `flowyard up`.")
+        raise FlowyardError(
+            f"{service} has not written a log yet ({path}).", fix="Run `flowyard up`."
+        )
     cmd = ["tail", "-n", str(lines), *(["-F"] if follow else []), str(path)]
-    try:
+    # Ctrl-C is how `logs -f` ends.
+    with contextlib.suppress(KeyboardInterrupt):
         subprocess.run(cmd, check=False)
-    except KeyboardInterrupt:
-        pass
-    os.sys.stdout.flush()  # type: ignore[attr-defined]

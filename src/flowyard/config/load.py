@@ -49,7 +49,9 @@ def load_config(home: Path | None = None, *, require_file: bool = True) -> Flowy
         return FlowyardConfig(home=home)
     except ValidationError as exc:
         env = sorted(k for k in os.environ if k.startswith("FLOWYARD_") and k != "FLOWYARD_HOME")
-        source = str(toml_file or "defaults") + (f" and environment ({', '.join(env)})" if env else "")
+        source = str(toml_file or "defaults") + (
+            f" and environment ({', '.join(env)})" if env else ""
+        )
         raise FlowyardError(
             format_validation_error(exc, source),
             fix="Correct the value in flowyard.toml or the FLOWYARD_* variable.",

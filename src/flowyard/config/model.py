@@ -50,9 +50,13 @@ class ProxyConfig(_Section):
         description="Address Caddy listens on. Default: 127.0.0.1 when host is localhost, "
         "else all interfaces.",
     )
-    https_port: Port = Field(8443, description="HTTPS port for UI, API and MLflow (443 in production).")
+    https_port: Port = Field(
+        8443, description="HTTPS port for UI, API and MLflow (443 in production)."
+    )
     http_port: Port = Field(8080, description="Plain HTTP port; it only redirects to HTTPS.")
-    s3_https_port: Port = Field(8444, description="HTTPS port of the object store (the design's 444).")
+    s3_https_port: Port = Field(
+        8444, description="HTTPS port of the object store (the design's 444)."
+    )
     admin_port: Port = Field(2019, description="Caddy's admin API, loopback only.")
     tls: Literal["internal", "acme"] = Field(
         "internal",
@@ -80,7 +84,9 @@ class ProxyConfig(_Section):
 
     @property
     def s3_url(self) -> str:
-        return f"https://{self.host}" + ("" if self.s3_https_port == 443 else f":{self.s3_https_port}")
+        return f"https://{self.host}" + (
+            "" if self.s3_https_port == 443 else f":{self.s3_https_port}"
+        )
 
 
 class PostgresConfig(_Section):
@@ -90,8 +96,10 @@ class PostgresConfig(_Section):
         description="Unprivileged user PostgreSQL runs as when flowyard runs as root "
         "(PostgreSQL refuses to run as root); created if missing.",
     )
-    max_connections: int = Field(100, ge=10, le=10000)
-    shared_buffers: str = Field("128MB", pattern=r"^\d+(kB|MB|GB)$")
+    max_connections: int = Field(100, ge=10, le=10000, description="PostgreSQL max_connections.")
+    shared_buffers: str = Field(
+        "128MB", pattern=r"^\d+(kB|MB|GB)$", description="PostgreSQL shared_buffers."
+    )
 
 
 class RedisConfig(_Section):
@@ -107,7 +115,8 @@ class ObjectStoreConfig(_Section):
         "(AWS, Ceph, MinIO, ...) with the keys in the secrets file.",
     )
     endpoint_url: str | None = Field(
-        None, description="S3 endpoint for kind = external (e.g. https://s3.eu-west-1.amazonaws.com)."
+        None,
+        description="S3 endpoint for kind = external (e.g. https://s3.eu-west-1.amazonaws.com).",
     )
     region: str = Field("us-east-1", description="S3 region sent in signatures.")
     s3_port: StorePort = Field(8333, description="SeaweedFS S3 gateway, loopback only.")
@@ -122,7 +131,9 @@ class ObjectStoreConfig(_Section):
     @model_validator(mode="after")
     def _external_needs_endpoint(self) -> ObjectStoreConfig:
         if self.kind == "external" and not self.endpoint_url:
-            raise ValueError("object_store.endpoint_url is required when object_store.kind = 'external'")
+            raise ValueError(
+                "object_store.endpoint_url is required when object_store.kind = 'external'"
+            )
         return self
 
     def port_settings(self) -> dict[str, int]:
@@ -140,28 +151,34 @@ class ObjectStoreConfig(_Section):
 
 
 class PrefectConfig(_Section):
-    port: Port = Field(4200, description="Prefect API and UI, loopback only (reached through Caddy).")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    port: Port = Field(
+        4200, description="Prefect API and UI, loopback only (reached through Caddy)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="Log level of the Prefect server processes."
+    )
     migration_timeout: int = Field(600, ge=10, description="Seconds a database migration may take.")
 
 
 class QueueSpec(_Section):
-    name: Slug
-    priority: int = Field(1, ge=1, description="1 is served first.")
-    concurrency_limit: int | None = Field(None, ge=0)
+    name: Slug = Field(description="Work queue name.")
+    priority: int = Field(1, ge=1, description="1 is served first when the pool is saturated.")
+    concurrency_limit: int | None = Field(None, ge=0, description="Runs at once from this queue.")
 
 
 class PoolSpec(_Section):
-    name: Slug
+    name: Slug = Field(description="Work pool name.")
     type: str = Field("process", description="Prefect worker type (process, kubernetes, ...).")
-    concurrency_limit: int | None = Field(None, ge=0)
-    queues: list[QueueSpec] = Field(default_factory=lambda: [QueueSpec(name="default")])
+    concurrency_limit: int | None = Field(None, ge=0, description="Runs at once in the pool.")
+    queues: list[QueueSpec] = Field(
+        default_factory=lambda: [QueueSpec(name="default")], description="The pool's queues."
+    )
 
 
 class GlobalLimitSpec(_Section):
-    name: Slug
-    limit: int = Field(ge=0)
-    slot_decay_per_second: float = Field(0.0, ge=0)
+    name: Slug = Field(description="Limit name, used with prefect.concurrency(...).")
+    limit: int = Field(ge=0, description="Slots.")
+    slot_decay_per_second: float = Field(0.0, ge=0, description="Turns the limit into a rate.")
 
 
 class WorkerConfig(_Section):
@@ -185,9 +202,13 @@ class RetentionConfig(_Section):
 
 class HygieneConfig(_Section):
     zombie_heartbeat_seconds: int = Field(
-        90, ge=30, description="A running flow run whose heartbeat stops this long is marked Crashed."
+        90,
+        ge=30,
+        description="A running flow run whose heartbeat stops this long is marked Crashed.",
     )
-    late_after_seconds: int = Field(15, ge=5, description="A scheduled run this late is marked Late.")
+    late_after_seconds: int = Field(
+        15, ge=5, description="A scheduled run this late is marked Late."
+    )
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
 
@@ -217,8 +238,13 @@ class FlowyardConfig(BaseSettings):
     object_store: ObjectStoreConfig = Field(default_factory=ObjectStoreConfig)
     prefect: PrefectConfig = Field(default_factory=PrefectConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
-    pools: list[PoolSpec] = Field(default_factory=default_pools)
-    global_limits: list[GlobalLimitSpec] = Field(default_factory=list)
+    pools: list[PoolSpec] = Field(
+        default_factory=default_pools,
+        description="Work pools `flowyard apply` keeps in step ([[pools]] tables, see below).",
+    )
+    global_limits: list[GlobalLimitSpec] = Field(
+        default_factory=list, description="Global concurrency limits ([[global_limits]])."
+    )
     hygiene: HygieneConfig = Field(default_factory=HygieneConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
@@ -233,7 +259,9 @@ class FlowyardConfig(BaseSettings):
         seen: dict[int, str] = {}
         for setting, port in ports.items():
             if port in seen:
-                raise ValueError(f"{setting} and {seen[port]} are both {port}; give each its own port")
+                raise ValueError(
+                    f"{setting} and {seen[port]} are both {port}; give each its own port"
+                )
             seen[port] = setting
         return self
 

@@ -28,7 +28,9 @@ class Secrets(BaseModel):
     prefect_db_password: SecretStr = Field(description="PostgreSQL `prefect` role.")
     mlflow_db_password: SecretStr = Field(description="PostgreSQL `mlflow` role.")
     redis_password: SecretStr = Field(description="Redis `default` user.")
-    prefect_auth_string: SecretStr = Field(description="`user:password` for the Prefect API and UI.")
+    prefect_auth_string: SecretStr = Field(
+        description="`user:password` for the Prefect API and UI."
+    )
     s3_access_key: SecretStr = Field(description="Object store access key.")
     s3_secret_key: SecretStr = Field(description="Object store secret key.")
     mlflow_admin_password: SecretStr = Field(description="MLflow `admin` user.")
@@ -74,7 +76,8 @@ def write_secrets(path: Path, value: Secrets) -> None:
 def load_secrets(path: Path) -> Secrets:
     if not path.exists():
         raise FlowyardError(
-            f"No secrets file at {path}.", fix="Run `flowyard init` to generate the platform's secrets."
+            f"No secrets file at {path}.",
+            fix="Run `flowyard init` to generate the platform's secrets.",
         )
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:

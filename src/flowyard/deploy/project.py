@@ -59,5 +59,7 @@ def load_project(path: Path) -> list[DeploymentSpec]:
             )
         )
     if not specs:
-        raise FlowyardError(f"{prefect_file} defines no deployments.", fix="Add one under `deployments:`.")
+        raise FlowyardError(
+            f"{prefect_file} defines no deployments.", fix="Add one under `deployments:`."
+        )
     return specs

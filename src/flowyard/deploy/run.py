@@ -30,12 +30,16 @@ async def _validate(root: Path, specs: list[DeploymentSpec]) -> list[str]:
     return found
 
 
-async def _fetchable(root: Path, specs: list[DeploymentSpec], flow_names: dict[str, str]) -> list[str]:
+async def _fetchable(
+    root: Path, specs: list[DeploymentSpec], flow_names: dict[str, str]
+) -> list[str]:
     """Run each deployment's stored pull steps into an empty dir, as a worker would."""
     found = []
     async with get_client() as client:
         for spec in specs:
-            deployment = await client.read_deployment_by_name(f"{flow_names[spec.name]}/{spec.name}")
+            deployment = await client.read_deployment_by_name(
+                f"{flow_names[spec.name]}/{spec.name}"
+            )
             with tempfile.TemporaryDirectory() as scratch:
                 cwd = os.getcwd()
                 os.chdir(scratch)
@@ -80,7 +84,17 @@ def main() -> None:
         args += ["--work-queue", overrides["queue"]]
     result = subprocess.run(args, cwd=root, capture_output=True, text=True)
     if result.returncode != 0:
-        print(json.dumps({"ok": False, "problems": ["prefect deploy failed", result.stdout[-3000:] + result.stderr[-3000:]]}))
+        print(
+            json.dumps(
+                {
+                    "ok": False,
+                    "problems": [
+                        "prefect deploy failed",
+                        result.stdout[-3000:] + result.stderr[-3000:],
+                    ],
+                }
+            )
+        )
         sys.exit(3)
     found = asyncio.run(_fetchable(root, specs, flow_names))
     if found:

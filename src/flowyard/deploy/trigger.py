@@ -6,14 +6,20 @@ import json
 import os
 import sys
 
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
 
 def main() -> None:
-    name, params, timeout, queue = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+    name, params, timeout, queue = (
+        sys.argv[1],
+        json.loads(sys.argv[2]),
+        float(sys.argv[3]),
+        sys.argv[4],
+    )
     try:
-        run = run_deployment(
+        run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call returns a FlowRun
             name=name, parameters=params, timeout=timeout, work_queue_name=queue or None
         )
     except ObjectNotFound:

@@ -4,11 +4,12 @@ half-made: pool and queue exist, schedules parse, parameters fit the flow's sign
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.exceptions import ObjectNotFound
-from prefect.flows import load_flow_from_entrypoint
+from prefect.flows import Flow, load_flow_from_entrypoint
 from pydantic import ValidationError
 
 from flowyard.deploy.project import DeploymentSpec
@@ -45,7 +46,7 @@ async def problems(client: PrefectClient, root: Path, spec: DeploymentSpec) -> l
         found.append(f"{where}: entrypoint file {flow_file} does not exist")
         return found
     try:
-        flow = load_flow_from_entrypoint(str(root / spec.entrypoint))
+        flow: Flow[..., Any] = load_flow_from_entrypoint(str(root / spec.entrypoint))
     except Exception as exc:
         found.append(f"{where}: cannot load flow {spec.entrypoint!r}: {exc}")
         return found

@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
-from prefect.client.schemas.objects import StateType
 
 from flowyard.config.model import FlowyardConfig
 
@@ -21,7 +21,7 @@ ZOMBIE_AUTOMATION = "flowyard: crash zombie flow runs"
 def zombie_automation(heartbeat_seconds: int) -> AutomationCore:
     return AutomationCore(
         name=ZOMBIE_AUTOMATION,
-        description="Marks a flow run Crashed when its heartbeats stop (managed by flowyard apply).",
+        description="Marks a flow run Crashed when its heartbeats stop (flowyard apply).",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
             expect={

@@ -58,10 +58,9 @@ def _check_home_writable(paths: Paths) -> None:
 def _who_listens(port: int) -> str:
     with contextlib.suppress(psutil.Error, PermissionError):
         for conn in psutil.net_connections("tcp"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
-                if conn.pid:
-                    proc = psutil.Process(conn.pid)
-                    return f" by {proc.name()} (pid {conn.pid})"
+            listening = conn.status == psutil.CONN_LISTEN and conn.pid
+            if listening and getattr(conn.laddr, "port", None) == port:
+                return f" by {psutil.Process(conn.pid).name()} (pid {conn.pid})"
     return ""
 
 
@@ -106,7 +105,8 @@ def _service_failed(ctx: Context, service: Service, why: str) -> FlowyardError:
     log = ctx.paths.log_file(service.name)
     return FlowyardError(
         f"{service.name} ({service.description}) {why}. Last lines of {log}:\n{tail(log)}",
-        fix=f"Fix the cause above, then `flowyard up` again (`flowyard logs {service.name}` for more).",
+        fix="Fix the cause above, then `flowyard up` again "
+        f"(`flowyard logs {service.name}` shows more).",
     )
 
 

@@ -43,8 +43,8 @@ async def apply_pool(client: PrefectClient, spec: PoolSpec, log: list[str]) -> N
         pool = await client.read_work_pool(spec.name)
         if pool.type != spec.type:
             raise SystemExit(
-                f"Work pool {spec.name!r} exists with type {pool.type!r}, config says {spec.type!r}. "
-                f"Delete it (`prefect work-pool delete {spec.name}`) or change pools[].type."
+                f"Work pool {spec.name!r} exists with type {pool.type!r}, config says "
+                f"{spec.type!r}. Delete it (`prefect work-pool delete {spec.name}`) or change pools[].type."
             )
         await client.update_work_pool(
             spec.name, WorkPoolUpdate(concurrency_limit=spec.concurrency_limit)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from flowyard.services import caddy, postgres, prefect_api, prefect_services, redis, seaweedfs, worker
+from flowyard.services import (
+    caddy,
+    postgres,
+    prefect_api,
+    prefect_services,
+    redis,
+    seaweedfs,
+    worker,
+)
 from flowyard.services.base import Context, Service
 
 

@@ -37,7 +37,8 @@ def _program(service: Service, paths: Paths) -> list[str]:
         lines.append(f"user={service.user}")
     if service.env:
         lines.append(
-            "environment=" + ",".join(f"{k}={_env_value(v)}" for k, v in sorted(service.env.items()))
+            "environment="
+            + ",".join(f"{k}={_env_value(v)}" for k, v in sorted(service.env.items()))
         )
     return lines
 

@@ -85,12 +85,9 @@ def _check_traversable(path: Path, user: str) -> None:
             )
 
 
-def _demote(ctx: Context) -> dict[str, object]:
-    """subprocess kwargs that run a PostgreSQL program as the platform's Postgres user."""
-    if not _running_as_root():
-        return {}
-    user = pwd.getpwnam(ctx.config.postgres.system_user)
-    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+def _server_user(ctx: Context) -> pwd.struct_passwd | None:
+    """The account PostgreSQL programs run as: None means "as flowyard itself"."""
+    return pwd.getpwnam(ctx.config.postgres.system_user) if _running_as_root() else None
 
 
 def prepare(ctx: Context) -> None:
@@ -113,9 +110,10 @@ def prepare(ctx: Context) -> None:
     with tempfile.NamedTemporaryFile("w", dir=ctx.paths.run, delete=False) as fh:
         fh.write(ctx.secrets.postgres_superuser_password.get_secret_value())
         pwfile = Path(fh.name)
+    server = _server_user(ctx)
     try:
-        if _running_as_root():
-            os.chown(pwfile, user.pw_uid, user.pw_gid)
+        if server:
+            os.chown(pwfile, server.pw_uid, server.pw_gid)
             ctx.paths.run.chmod(ctx.paths.run.stat().st_mode | 0o011)
         result = subprocess.run(
             [
@@ -132,7 +130,9 @@ def prepare(ctx: Context) -> None:
             capture_output=True,
             text=True,
             cwd="/",
-            **_demote(ctx),  # type: ignore[arg-type]
+            user=server.pw_uid if server else None,
+            group=server.pw_gid if server else None,
+            extra_groups=[] if server else None,
         )
     finally:
         pwfile.unlink(missing_ok=True)
@@ -140,7 +140,8 @@ def prepare(ctx: Context) -> None:
         shutil.rmtree(pgdata, ignore_errors=True)
         raise FlowyardError(
             f"initdb failed for {pgdata}:\n{result.stderr.strip()}",
-            fix="Check that the directory is writable and the disk has space, then run `flowyard up` again.",
+            fix="Check that the directory is writable and the disk has space, "
+            "then run `flowyard up` again.",
         )
 
 
@@ -172,7 +173,8 @@ def psql(ctx: Context, sql: str, database: str = "postgres") -> str:
     if result.returncode != 0:
         raise FlowyardError(
             f"PostgreSQL refused: {result.stderr.strip()}",
-            fix="Check `flowyard logs postgres`; if the password was changed by hand, restore secrets.toml.",
+            fix="Check `flowyard logs postgres`; if a password was changed by hand, "
+            "restore secrets.toml.",
         )
     return result.stdout.strip()
 

@@ -122,5 +122,5 @@ def flow_run_states(flow_run_ids: list[str]) -> dict[str, str]:
             )
             for fr in runs:
                 if fr.state is not None:
-                    states[str(fr.id)] = fr.state.name
+                    states[str(fr.id)] = fr.state.name or fr.state.type.value
     return states

@@ -28,6 +28,10 @@ from flowyard.worker.zygote import set_parent_death_signal
 _BASE_SYS_PATH = list(sys.path[1:])
 
 
+# Set in a deployment's env to a directory: each run writes a cProfile of itself there.
+PROFILE_ENV = "FLOWYARD_WORKER_PROFILE_DIR"
+
+
 class Terminated(BaseException):
     """SIGTERM outside Prefect's own handler (e.g. during pull steps)."""
 
@@ -51,7 +55,7 @@ def run_child(request: dict[str, Any], zygote_pid: int) -> NoReturn:
             raise Terminated()
         signal.signal(signal.SIGTERM, _on_sigterm)
         _prepare_process(request)
-        code = _run(request)
+        code = _profiled(request) if os.environ.get(PROFILE_ENV) else _run(request)
     except SystemExit as exc:
         code = _exit_code(exc)
     except Terminated:
@@ -156,6 +160,18 @@ def _run(request: dict[str, Any]) -> int:
 
     _run_flow_from_runtime_entrypoint(flow_run_id, workspace.runtime_entrypoint)
     return 0
+
+
+def _profiled(request: dict[str, Any]) -> int:
+    import cProfile
+
+    profile = cProfile.Profile()
+    try:
+        return profile.runcall(_run, request)
+    finally:
+        out = Path(os.environ[PROFILE_ENV]) / f"{request['flow_run_id']}.prof"
+        with contextlib.suppress(OSError):
+            profile.dump_stats(out)
 
 
 def _finish(code: int, terminated: bool, zygote_pid: int) -> NoReturn:

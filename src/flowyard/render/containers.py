@@ -1,0 +1,123 @@
+"""The container-mode view of the one config, for the compose renderer and the init job.
+
+Compose files are built by calling the same functions native mode uses (`server_env`,
+`client_env`, `seaweedfs.command`, ...) with a `Context` whose hosts are container names,
+whose paths are inside the images, and whose secrets are `${VAR:?}` references to the env
+file. So a setting added natively appears in compose without anyone copying it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from flowyard.config.model import FlowyardConfig
+from flowyard.config.secrets import Secrets
+from flowyard.services.base import Context, Hosts
+
+# Compose service names, which are also the containers' host names on their networks.
+POSTGRES = "postgres"
+REDIS = "redis"
+SEAWEEDFS = "seaweedfs"
+PREFECT_API = "prefect-api"
+PREFECT_SERVICES = "prefect-services"
+MLFLOW = "mlflow"
+CADDY = "caddy"
+WORKER = "worker"
+INIT = "init"
+APPLY = "apply"
+
+SERVER_NETWORK = "prefect-server-network"
+AGENT_NETWORK = "prefect-agent-network"
+
+# FLOWYARD_HOME inside the Flowyard images (prefect_server.Dockerfile, worker/flows images).
+HOME = Path("/var/lib/flowyard")
+# The standard ports of the postgres and redis images; the config's ports are host-side.
+POSTGRES_PORT = 5432
+REDIS_PORT = 6379
+# Where Caddy's healthcheck exports its internal root CA and clients read it.
+CA_FILE = "/etc/flowyard/ca/root.crt"
+
+HOSTS = Hosts(bind="0.0.0.0", postgres=POSTGRES, redis=REDIS, object_store=SEAWEEDFS)
+
+# Production (the VM override): standard ports, public certificates, a domain from the env.
+DOMAIN_VAR = "FLOWYARD_DOMAIN"
+ACME_EMAIL_VAR = "FLOWYARD_ACME_EMAIL"
+PRODUCTION_PORTS = {"https_port": 443, "http_port": 80, "s3_https_port": 444}
+
+# Derived from a secret by the same function native mode uses (see `mlflow.flask_secret_key`);
+# compose cannot compute it, so the env file carries it too.
+MLFLOW_FLASK_KEY_VAR = "FLOWYARD_MLFLOW_FLASK_SECRET_KEY"
+
+
+def secret_var(field: str) -> str:
+    """The env-file variable holding one `Secrets` field (FLOWYARD_ avoids clashes with a
+    user's own REDIS_PASSWORD or S3_* variables, which compose would otherwise prefer)."""
+    return f"FLOWYARD_{field.upper()}"
+
+
+def ref(var: str) -> str:
+    """A compose reference that refuses to start while the variable is unset or empty."""
+    return f"${{{var}:?}}"
+
+
+def placeholder_secrets() -> Secrets:
+    return Secrets(**{f: SecretStr(ref(secret_var(f))) for f in Secrets.model_fields})
+
+
+def secrets_from_env(environ: Mapping[str, str] | None = None) -> Secrets:
+    """The inverse, inside a container: the values compose put in the environment."""
+    env = os.environ if environ is None else environ
+    missing = [secret_var(f) for f in Secrets.model_fields if not env.get(secret_var(f))]
+    if missing:
+        raise SystemExit(f"Missing from the container environment: {', '.join(missing)}")
+    return Secrets(**{f: SecretStr(env[secret_var(f)]) for f in Secrets.model_fields})
+
+
+def container_config(config: FlowyardConfig) -> FlowyardConfig:
+    """`config` as seen inside the containers: image paths and the images' own ports.
+
+    `model_copy` skips validation on purpose: the result is only ever rendered, and in
+    production the proxy host is a compose variable, which is not a valid host name.
+    """
+    return config.model_copy(
+        update={
+            "home": HOME,
+            "postgres": config.postgres.model_copy(update={"port": POSTGRES_PORT}),
+            "redis": config.redis.model_copy(update={"port": REDIS_PORT}),
+        }
+    )
+
+
+def production_config(config: FlowyardConfig, domain: str, email: str) -> FlowyardConfig:
+    """The VM variant: a public domain with ACME certificates on the standard ports."""
+    proxy = config.proxy.model_copy(
+        update={"host": domain, "tls": "acme", "acme_email": email, **PRODUCTION_PORTS}
+    )
+    return config.model_copy(update={"proxy": proxy})
+
+
+def server_context(config: FlowyardConfig) -> Context:
+    """For processes on the server network, which reach each other by container name."""
+    return Context(config=container_config(config), secrets=placeholder_secrets(), hosts=HOSTS)
+
+
+def client_context(config: FlowyardConfig) -> Context:
+    """For workers on the agent network, which reach the platform only through Caddy.
+
+    They cannot use the public name `localhost` (inside a container that is the container),
+    so with the internal CA they use Caddy's container name, which the container Caddyfile
+    also serves; with ACME the public domain is aliased to Caddy on that network.
+    """
+    ctx = server_context(config)
+    if config.proxy.tls != "internal":
+        return ctx
+    proxy = ctx.config.proxy.model_copy(update={"host": CADDY})
+    return Context(
+        config=ctx.config.model_copy(update={"proxy": proxy}),
+        secrets=ctx.secrets,
+        hosts=ctx.hosts,
+    )

@@ -1,0 +1,137 @@
+"""The benchmark suite's pure parts: statistics, figures, the JSON shape and the markdown.
+
+No platform and no timing assertions: the figures themselves live in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+from benchmarks.cli import parse_args
+from benchmarks.plan import ALL, make_plan
+from benchmarks.report import BenchResult, Figure
+from benchmarks.stats import percentile, rate, ratio, summarize
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    samples = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    assert percentile(samples, 50) == pytest.approx(5.5)
+    assert percentile(samples, 95) == pytest.approx(9.55)
+    assert percentile([3.0], 95) == 3.0
+    assert percentile([5.0, 1.0, 3.0], 0) == 1.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_summarize_and_ratio() -> None:
+    s = summarize([0.2, 0.1, 0.4, 0.3])
+    assert s["n"] == 4 and s["min"] == 0.1 and s["max"] == 0.4
+    assert s["mean"] == pytest.approx(0.25)
+    assert summarize([]) == {"n": 0}
+    assert ratio(1.0, 4.0) == 0.25
+    assert ratio(None, 1.0) is None and ratio(1.0, 0.0) is None
+    assert rate(30, 60, per=60) == 30
+    assert rate(1, 0) is None
+
+
+def _results() -> list[BenchResult]:
+    dispatch = BenchResult("dispatch", "Dispatch latency", "fast worker", "stock worker")
+    dispatch.add(Figure("run_deployment → Running p50", "s", 0.4, 8.0, "lower", n=20))
+    dispatch.add(Figure("runs | per minute", "runs/min", 240.0, 22.0, "higher"))
+    dispatch.notes.append("a note")
+    skipped = BenchResult("tracking", "MLflow tracking", status="skipped", notes=["no MLflow"])
+    return [dispatch, skipped]
+
+
+def _doc(results: list[BenchResult]) -> dict:
+    return report.document(
+        results,
+        machine={"nproc": 2, "ram_bytes": 2**31, "cpu_model": "Test CPU", "loadavg_start": [1.0]},
+        settings={"dispatch_runs": 20, "timeouts_s": {"api": 1}},
+        started_at="2026-01-01T00:00:00+00:00",
+        finished_at="2026-01-01T00:10:00+00:00",
+        quick=False,
+        note="shared machine",
+    )
+
+
+def test_document_shape_is_valid_and_round_trips() -> None:
+    results = _results()
+    doc = json.loads(json.dumps(_doc(results)))
+    assert report.validate(doc) == []
+    fig = doc["benchmarks"][0]["figures"][0]
+    assert fig["ratio"] == pytest.approx(0.05)
+    again = report.results_from_document(doc)
+    assert [r.name for r in again] == ["dispatch", "tracking"]
+    assert again[0].figures[0].ratio == pytest.approx(0.05)
+
+
+def test_validate_reports_problems() -> None:
+    doc = _doc(_results())
+    doc["benchmarks"][0]["figures"][0].pop("reference")
+    doc["benchmarks"][1]["status"] = "ok"  # ok without figures
+    del doc["machine"]["cpu_model"]
+    problems = report.validate(doc)
+    assert any("reference" in p for p in problems)
+    assert any("tracking" in p for p in problems)
+    assert any("cpu_model" in p for p in problems)
+
+
+def test_markdown_table_has_value_reference_and_ratio() -> None:
+    results = _results()
+    text = report.render_markdown(_doc(results), results)
+    assert "| Benchmark | Metric | Value | Reference | Ratio | Better | n |" in text
+    assert "| Dispatch latency | run_deployment → Running p50 | 0.400 s | 8.00 s | 0.05x |" in text
+    assert "runs \\| per minute" in text  # pipes in cells are escaped
+    assert "*skipped*: no MLflow" in text
+    assert "2 CPUs (Test CPU), 2.0 GiB RAM" in text
+    assert "value = fast worker; reference = stock worker" in text
+    assert "shared machine" in text
+
+
+def test_number_formatting() -> None:
+    assert report.fmt_number(None) == "-"
+    assert report.fmt_number(1234.4, "MiB") == "1,234 MiB"
+    assert report.fmt_number(12.345, "ms") == "12.3 ms"
+    assert report.fmt_number(0.01234, "s") == "0.0123 s"
+    assert report.fmt_number(0) == "0"
+
+
+def test_update_doc_replaces_only_the_generated_block(tmp_path: Path) -> None:
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(f"# Intro\n\n{report.BEGIN_MARK}\nold\n{report.END_MARK}\n\n## After\n")
+    report.update_doc(doc, "new table\n")
+    text = doc.read_text()
+    assert "old" not in text and "new table" in text
+    assert text.startswith("# Intro") and text.endswith("## After\n")
+    (tmp_path / "bare.md").write_text("no markers")
+    with pytest.raises(ValueError):
+        report.update_doc(tmp_path / "bare.md", "x")
+
+
+def test_write_outputs(tmp_path: Path) -> None:
+    results = _results()
+    doc = _doc(results)
+    written = report.write_outputs(doc, "md", tmp_path, "run1")
+    assert {p.name for p in written} == {"run1.json", "run1.md", "latest.json", "latest.md"}
+    assert report.validate(json.loads((tmp_path / "latest.json").read_text())) == []
+
+
+def test_plans_are_bounded_and_quick_is_smaller() -> None:
+    full, quick = make_plan(False, 2), make_plan(True, 2)
+    assert full.dispatch_runs >= 20 and full.throughput_runs >= 50
+    assert quick.dispatch_runs == 3 and quick.throughput_runs == 10
+    for name in ALL:
+        assert 0 < quick.timeouts_s[name] <= full.timeouts_s[name]
+    assert sum(quick.timeouts_s.values()) < sum(full.timeouts_s.values())
+
+
+def test_cli_arguments() -> None:
+    args = parse_args(["--quick", "--only", "api,s3", "--candidate", "process"])
+    assert args.quick and args.only == ["api", "s3"] and args.candidate == "process"
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "nonsense"])

@@ -1,0 +1,105 @@
+"""Rendered files: the Caddyfile adapts with the real caddy binary, supervisord.conf parses
+with supervisor's own parser, and neither routes nor settings go missing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flowyard.config.load import load_config
+from flowyard.config.secrets import Secrets
+from flowyard.platform.client_env import client_env
+from flowyard.platform.registry import build_services
+from flowyard.render.caddyfile import Upstreams, render_caddyfile, routes
+from flowyard.render.supervisor import render_supervisor_conf
+from flowyard.services.base import Context
+
+CADDY = str(Path(sys.executable).parent / "caddy")
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Context:
+    return Context(config=load_config(tmp_path, require_file=False), secrets=Secrets.generate())
+
+
+def _adapt(caddyfile: str, tmp_path: Path) -> dict:
+    path = tmp_path / "Caddyfile"
+    path.write_text(caddyfile)
+    out = subprocess.run(
+        [CADDY, "adapt", "--config", str(path), "--adapter", "caddyfile"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def test_caddyfile_adapts_and_routes_everything(ctx: Context, tmp_path: Path) -> None:
+    text = render_caddyfile(ctx.config, Upstreams.native(ctx.config))
+    config = _adapt(text, tmp_path)
+    servers = config["apps"]["http"]["servers"]
+    listen = sorted(a for s in servers.values() for a in s["listen"])
+    assert listen == sorted(["127.0.0.1:8443", "127.0.0.1:8444", "127.0.0.1:8080"])
+    assert config["admin"]["listen"] == "127.0.0.1:2019"
+    found = routes(text)
+    assert "handle_path /files/*" in found and "handle /mlflow*" in found
+    assert "https://localhost:8444" in found
+    # Internal CA, never installed into the system trust store.
+    assert "skip_install_trust" in text and "tls internal" in text
+    assert "encode zstd gzip" in text
+
+
+def test_acme_for_a_public_domain(ctx: Context, tmp_path: Path) -> None:
+    ctx.config.proxy.host = "flows.example.com"
+    ctx.config.proxy.tls = "acme"
+    ctx.config.proxy.acme_email = "ops@example.com"
+    text = render_caddyfile(ctx.config, Upstreams.native(ctx.config))
+    assert "tls internal" not in text and "local_certs" not in text
+    assert "default_bind 0.0.0.0" in text
+    _adapt(text, tmp_path)
+
+
+def test_supervisor_conf_parses_and_keeps_order(ctx: Context, tmp_path: Path) -> None:
+    from supervisor.options import ServerOptions
+
+    services = build_services(ctx)
+    ctx.paths.logs.mkdir(parents=True)
+    ctx.paths.run.mkdir(parents=True)
+    text = render_supervisor_conf(services, ctx.paths)
+    path = tmp_path / "supervisord.conf"
+    path.write_text(text)
+    options = ServerOptions()
+    options.realize(args=["-c", str(path)])
+    groups = {g.name: g for g in options.process_group_configs}
+    # flowyard, not supervisor, orders the starts (autostart is off everywhere).
+    assert set(groups) == {s.name for s in services}
+    worker = groups["worker"].process_configs[0]
+    # Prefect's worker ignores SIGTERM; it is stopped with INT, its children with the group.
+    assert worker.stopsignal == 2 and worker.killasgroup
+    assert all(not g.process_configs[0].autostart for g in groups.values())
+
+
+def test_secrets_only_in_owner_only_files(ctx: Context) -> None:
+    text = render_caddyfile(ctx.config, Upstreams.native(ctx.config))
+    for secret in ctx.secrets.values():
+        assert secret not in text
+
+
+def test_client_env_is_tls_verified_through_the_proxy(ctx: Context) -> None:
+    env = client_env(ctx)
+    assert env["PREFECT_API_URL"] == "https://localhost:8443/api"
+    assert env["PREFECT_API_SSL_CERT_FILE"] == str(ctx.paths.ca_cert)
+    assert env["AWS_ENDPOINT_URL_S3"] == "https://localhost:8444"
+    assert env["AWS_CA_BUNDLE"] == str(ctx.paths.ca_cert)
+    store = ctx.config.object_store.model_copy(
+        update={"kind": "external", "endpoint_url": "https://s3.eu-west-1.amazonaws.com"}
+    )
+    ctx.config.object_store = store
+    env = client_env(ctx)
+    # A private CA bundle would replace the public roots AWS needs.
+    assert "AWS_CA_BUNDLE" not in env
+    assert env["AWS_ENDPOINT_URL_S3"] == "https://s3.eu-west-1.amazonaws.com"
