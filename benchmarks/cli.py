@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--worker-limit",
         type=int,
         default=None,
-        help="--limit for both workers (default: CPUs, the platform's default; 0 = none)",
+        help="force this --limit on both workers (0 = none); default: each kind's own "
+        "(stock: none; platform/flowyard: one run per CPU)",
     )
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     p.add_argument(

@@ -134,7 +134,8 @@ def _cold_figures(res: BenchResult, fy: dict[str, Any], st: dict[str, Any]) -> N
 def _memory_figures(res: BenchResult, fy: dict[str, Any], st: dict[str, Any]) -> None:
     pss = fy.get("pss", {})
     for name, v in pss.items():
-        res.add(Figure(f"{name} PSS", "MiB", v["pss"] / MiB, None, n=v["processes"]))
+        procs_note = f" ({v['processes']} processes)" if v["processes"] > 1 else ""
+        res.add(Figure(f"{name}{procs_note}", "MiB", v["pss"] / MiB, None))
     stock_total = sum(st.get("pss", {}).values()) / MiB if st.get("pss") else None
     total = sum(v["pss"] for v in pss.values()) / MiB if pss else None
     res.add(Figure("total idle PSS", "MiB", total, stock_total))

@@ -39,7 +39,9 @@ async def _segment(
 
     ctx, plan = env.platform, env.plan
     failures: list[str] = []
-    with running_worker(ctx, kind, pool_name(role), plan.worker_limit, env.workdir) as worker:
+    with running_worker(
+        ctx, kind, pool_name(role), kind.limit(plan.worker_limit), env.workdir
+    ) as worker:
         async with platform_client(ctx) as client:
             for _ in range(count):
                 if env.deadline.remaining() < 30:
@@ -113,11 +115,11 @@ def _figures(res: BenchResult, samples: dict[str, dict[str, list[float]]]) -> No
 
 
 def run(env: BenchEnv, res: BenchResult) -> None:
-    res.candidate = env.candidate.label
-    res.reference = env.reference.label
+    res.candidate = env.candidate.describe(env.plan.worker_limit)
+    res.reference = env.reference.describe(env.plan.worker_limit)
     res.notes.append(
-        f"sequential runs of a no-op flow from a local directory; trigger jitter "
-        f"0-{env.plan.dispatch_jitter_s:g} s; worker --limit {env.plan.worker_limit or 'none'}"
+        "sequential runs of a no-op flow from a local directory; trigger jitter "
+        f"0-{env.plan.dispatch_jitter_s:g} s; worker runs split A-B-A"
     )
     try:
         asyncio.run(_run(env, res))

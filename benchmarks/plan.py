@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,8 +26,8 @@ class Plan:
     s3_large_count: int
     tracking_points: int
     idle_settle_s: float
-    # Flow runs each worker may run at once; the same for both kinds (0 = no limit).
-    worker_limit: int
+    # --limit forced on both workers (0 = none); None: each kind's default (workers.py).
+    worker_limit: int | None
     # Hard limit per benchmark; a benchmark past it is stopped and reported as partial.
     timeouts_s: dict[str, float] = field(default_factory=dict)
 
@@ -37,7 +36,7 @@ class Plan:
 
 
 def make_plan(quick: bool, worker_limit: int | None = None) -> Plan:
-    limit = worker_limit if worker_limit is not None else len(os.sched_getaffinity(0))
+    limit = worker_limit
     if quick:
         return Plan(
             quick=True,

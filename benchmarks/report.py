@@ -133,7 +133,7 @@ def fmt_number(value: float | None, unit: str = "") -> str:
     elif magnitude == 0:
         text = "0"
     else:
-        text = f"{value:.3g}"
+        text = f"{value:#.3g}"
     return f"{text} {unit}".rstrip()
 
 

@@ -47,7 +47,9 @@ async def _batch(env: BenchEnv, kind: WorkerKind, role: str, deployment_id: UUID
     server_pid = Supervisor(ctx.paths).pid()
     assert server_pid is not None
     n = plan.throughput_runs
-    with running_worker(ctx, kind, pool_name(role), plan.worker_limit, env.workdir) as worker:
+    with running_worker(
+        ctx, kind, pool_name(role), kind.limit(plan.worker_limit), env.workdir
+    ) as worker:
         await asyncio.sleep(3)  # past the worker's start-up work
         idle_pss, _ = procs.tree_pss_bytes(worker.pid)
         baseline = procs.descendants(worker.pid)
@@ -132,11 +134,11 @@ def _figures(res: BenchResult) -> None:
 
 
 def run(env: BenchEnv, res: BenchResult) -> None:
-    res.candidate = env.candidate.label
-    res.reference = env.reference.label
+    res.candidate = env.candidate.describe(env.plan.worker_limit)
+    res.reference = env.reference.describe(env.plan.worker_limit)
     res.notes.append(
-        f"{env.plan.throughput_runs} no-op runs created at once, one worker with --limit "
-        f"{env.plan.worker_limit or 'none'}; CPU = worker process tree incl. reaped children"
+        f"{env.plan.throughput_runs} no-op runs created at once, one worker; "
+        "CPU = worker process tree incl. reaped children"
     )
     try:
         asyncio.run(_run(env, res))

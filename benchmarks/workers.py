@@ -9,8 +9,8 @@
   switches to it.
 - `auto` (default candidate): `flowyard` when that type is registered, else `platform`.
 
-Both kinds get the same `--limit` (the platform's default: one run per CPU), so the
-comparison is of how runs are dispatched and started, not of how many may run at once.
+Each kind runs with its own defaults unless `--worker-limit` forces one `--limit` on both:
+stock Prefect has no limit, the platform allows one run per CPU.
 We start each worker ourselves, in its own session, so its CPU can be read from its process
 tree and every process it leaves behind can be killed.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks import procs
-from flowyard.config.model import default_pools
+from flowyard.config.model import WorkerConfig, default_pools
 from flowyard.platform.api import api_client
 from flowyard.platform.client_env import client_env
 from flowyard.platform.lifecycle import tail
@@ -42,12 +42,18 @@ class WorkerKind:
     key: str
     pool_type: str
     label: str
+    # --limit when the plan does not force one: each kind's own default (0 = none).
+    default_limit: int
+
+    def limit(self, forced: int | None) -> int:
+        return self.default_limit if forced is None else forced
+
+    def describe(self, forced: int | None) -> str:
+        return f"{self.label}, --limit {self.limit(forced) or 'none'}"
 
 
 def platform_pool_type() -> str:
     """The worker type of the pool the platform's own worker serves, by default."""
-    from flowyard.config.model import WorkerConfig
-
     pool = WorkerConfig.model_fields["pool"].default
     return next(p.type for p in default_pools() if p.name == pool)
 
@@ -59,26 +65,30 @@ def flowyard_type_registered() -> bool:
 
 
 def resolve(key: str) -> WorkerKind:
+    # The platform runs its worker with one run per CPU unless configured otherwise.
+    platform_limit = WorkerConfig().effective_concurrency
     if key == "auto":
         key = "flowyard" if flowyard_type_registered() else "platform"
     if key == "process":
-        return WorkerKind("process", "process", "stock Prefect process worker (defaults)")
+        # Prefect's defaults: no --limit, 10 s poll interval, 10 s prefetch.
+        return WorkerKind("process", "process", "stock Prefect process worker (defaults)", 0)
     if key == "flowyard":
         if not flowyard_type_registered():
             raise SystemExit(
                 "Worker kind 'flowyard' asked for, but no Prefect worker type 'flowyard' is "
                 "registered (issue 8 not landed?). Use --candidate platform or process."
             )
-        return WorkerKind("flowyard", "flowyard", "flowyard worker (type flowyard)")
+        label = "flowyard worker (type flowyard, the platform's worker environment)"
+        return WorkerKind("flowyard", "flowyard", label, platform_limit)
     if key == "platform":
         pool_type = platform_pool_type()
         label = f"platform worker (flowyard.services.worker, type {pool_type})"
         if pool_type == "process":
             label += (
-                " — today this is Prefect's process worker as the platform runs it; the "
-                "flowyard worker (issue 8) is not in use yet"
+                " - today this is Prefect's process worker as the platform runs it; the "
+                "flowyard worker (issue 8) is not its default yet"
             )
-        return WorkerKind("platform", pool_type, label)
+        return WorkerKind("platform", pool_type, label, platform_limit)
     raise SystemExit(f"unknown worker kind {key!r}; choose from {', '.join(KINDS)}")
 
 
@@ -103,28 +113,37 @@ def _command(
     ctx: Context, kind: WorkerKind, pool: str, limit: int, home: Path
 ) -> tuple[list[str], dict[str, str], Path, str]:
     """(argv, environment, working directory, worker name) for one worker."""
+    if kind.key == "process":
+        name = "bench-process"
+        argv = [binary("prefect"), "worker", "start", "--pool", pool, "--type", "process"]
+        argv += ["--name", name] + (["--limit", str(limit)] if limit else [])
+        env = {
+            **client_env(ctx),
+            "PREFECT_HOME": str(home / "prefect-home"),
+            "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
+        }
+        return argv, env, home, name
+    # The platform's worker service, pointed at the benchmark pool with the chosen limit.
+    config = ctx.config.model_copy(deep=True)
+    config.worker.pool = pool
+    config.worker.concurrency = limit or None
+    wctx = Context(config=config, secrets=ctx.secrets)
+    service = worker_service.service(wctx)
+    if service.prepare:
+        service.prepare()
+    cwd = service.cwd or home
     if kind.key == "platform":
-        config = ctx.config.model_copy(deep=True)
-        config.worker.pool = pool
-        config.worker.concurrency = limit or None
-        wctx = Context(config=config, secrets=ctx.secrets)
-        service = worker_service.service(wctx)
-        if service.prepare:
-            service.prepare()
         argv = list(service.command)
         if not limit and "--limit" in argv:
             i = argv.index("--limit")
             del argv[i : i + 2]
-        return argv, service.env, service.cwd or home, worker_service.worker_name(wctx)
-    name = f"bench-{kind.key}"
+        return argv, service.env, cwd, worker_service.worker_name(wctx)
+    # flowyard: the worker type by Prefect's own CLI, in the environment the platform gives
+    # its worker, so it can be measured before the platform's default pool switches to it.
+    name = "bench-flowyard"
     argv = [binary("prefect"), "worker", "start", "--pool", pool, "--type", kind.pool_type]
     argv += ["--name", name] + (["--limit", str(limit)] if limit else [])
-    env = {
-        **client_env(ctx),
-        "PREFECT_HOME": str(home / "prefect-home"),
-        "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
-    }
-    return argv, env, home, name
+    return argv, service.env, cwd, name
 
 
 def registered(ctx: Context, pool: str, name: str) -> bool:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
+def homes() -> Iterator[Callable[[str], Path]]:
+    """Fresh FLOWYARD_HOMEs, removed at the end.
+
+    Not pytest's tmp_path: pytest resets its base dir to 0700 and prunes old numbered dirs
+    at every session start, which breaks a running platform whose PostgreSQL runs as an
+    unprivileged user (root installs) or whose data sits in a pruned dir.
+    """
+    base = Path(tempfile.mkdtemp(prefix="flowyard-test-"))
+    base.chmod(0o711)
+    counter = iter(range(1000))
+
+    def make(tag: str) -> Path:
+        return base / f"{tag}-{next(counter)}" / "home"
+
+    yield make
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def platform(homes: Callable[[str], Path]) -> Iterator[Context]:
     """One shared platform for the tests that do not stop or break it."""
-    with running_platform(tmp_path_factory.mktemp("shared") / "home") as ctx:
+    with running_platform(homes("shared")) as ctx:
         yield ctx
 
 

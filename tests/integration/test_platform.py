@@ -9,6 +9,8 @@ import pickle
 import socket
 import ssl
 import subprocess
+from collections.abc import Callable
+from pathlib import Path
 
 import boto3
 import httpx
@@ -218,7 +220,7 @@ def test_status_json_and_up_twice_is_harmless(platform: Context) -> None:
     assert '"ready": false' not in result.stdout
 
 
-def test_port_taken_names_port_and_setting(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_port_taken_names_port_and_setting(homes: Callable[[str], Path]) -> None:
     from flowyard.errors import FlowyardError
     from flowyard.testing import init_home
 
@@ -226,7 +228,7 @@ def test_port_taken_names_port_and_setting(tmp_path_factory: pytest.TempPathFact
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        ctx = init_home(tmp_path_factory.mktemp("taken") / "home", prefect={"port": port})
+        ctx = init_home(homes("taken"), prefect={"port": port})
         with pytest.raises(FlowyardError) as err:
             lifecycle.up(ctx, lambda *_: None)
     text = str(err.value)
@@ -235,15 +237,13 @@ def test_port_taken_names_port_and_setting(tmp_path_factory: pytest.TempPathFact
 
 
 def test_failing_service_is_named_with_its_log_and_all_stopped(
-    tmp_path_factory: pytest.TempPathFactory,
+    homes: Callable[[str], Path],
 ) -> None:
     from flowyard.errors import FlowyardError
     from flowyard.testing import init_home
 
     # More shared memory than the machine has: PostgreSQL refuses to start.
-    ctx = init_home(
-        tmp_path_factory.mktemp("broken") / "home", postgres={"shared_buffers": "900GB"}
-    )
+    ctx = init_home(homes("broken"), postgres={"shared_buffers": "900GB"})
     with pytest.raises(FlowyardError) as err:
         lifecycle.up(ctx, lambda *_: None)
     text = str(err.value)
@@ -252,8 +252,8 @@ def test_failing_service_is_named_with_its_log_and_all_stopped(
     assert platform_pids(ctx) == set()
 
 
-def test_cli_errors_are_one_clear_message(tmp_path_factory: pytest.TempPathFactory) -> None:
-    home = tmp_path_factory.mktemp("cli") / "home"
+def test_cli_errors_are_one_clear_message(homes: Callable[[str], Path]) -> None:
+    home = homes("cli")
     flowyard = str(__import__("pathlib").Path(__import__("sys").executable).parent / "flowyard")
     missing = subprocess.run([flowyard, "up", "--home", str(home)], capture_output=True, text=True)
     assert missing.returncode == 1 and "flowyard init" in missing.stderr
@@ -272,8 +272,8 @@ def test_cli_errors_are_one_clear_message(tmp_path_factory: pytest.TempPathFacto
     assert nothing.returncode == 0 and "not running" in nothing.stdout
 
 
-def test_down_leaves_no_process_and_no_port(tmp_path_factory: pytest.TempPathFactory) -> None:
-    with running_platform(tmp_path_factory.mktemp("down") / "home") as ctx:
+def test_down_leaves_no_process_and_no_port(homes: Callable[[str], Path]) -> None:
+    with running_platform(homes("down")) as ctx:
         pids = platform_pids(ctx)
         assert len(pids) >= 7
         ports = list(ctx.config.port_settings().values())

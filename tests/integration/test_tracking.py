@@ -10,8 +10,10 @@ check what landed in MLflow, in Prefect and in S3.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from flowyard.platform.supervisor import Supervisor
 from flowyard.services import mlflow as mlflow_service
 from flowyard.services import seaweedfs
 from flowyard.services.base import Context
+from flowyard.services.caddy import tls_verify
 from flowyard.testing import running_platform
 
 pytestmark = pytest.mark.integration
@@ -78,34 +81,45 @@ if __name__ == "__main__":
     from flowyard_flows.experiment import train_digits
 
     digits = train_digits(model="logreg", C=0.5, return_state=True)
+    digits_run = {"flow_run_id": str(digits.state_details.flow_run_id), "state": digits.type.value}
     table = runs_table("%(deployment)s")
     print(json.dumps({
         "runs": runs,
-        "digits": {"flow_run_id": str(digits.state_details.flow_run_id), "state": digits.type.value},
-        "table": json.loads(table.to_json(orient="records")),
+        "digits": digits_run,
+        "table": json.loads(table.to_json(orient="records", double_precision=15)),
         "columns": list(table.columns),
     }))
 """
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
-    home = tmp_path_factory.mktemp("tracking") / "home"
+def workdir() -> Iterator[Path]:
+    # Not tmp_path_factory: concurrent pytest sessions of one user prune each other's
+    # numbered temp dirs, which would delete a running platform's data under it.
+    path = Path(tempfile.mkdtemp(prefix="flowyard-tracking-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def platform(workdir: Path) -> Iterator[Context]:
     # No worker: flows run in the client process, which keeps the module to one start.
-    with running_platform(home, mlflow={"enabled": True}, worker={"enabled": False}) as ctx:
+    with running_platform(
+        workdir / "home", mlflow={"enabled": True}, worker={"enabled": False}
+    ) as ctx:
         yield ctx
 
 
 @pytest.fixture(scope="module")
-def tracked(platform: Context, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    workdir = tmp_path_factory.mktemp("client")
-    script = workdir / "tracked_demo.py"
+def tracked(platform: Context, workdir: Path) -> dict[str, Any]:
+    script = workdir / "client" / "tracked_demo.py"
+    script.parent.mkdir()
     script.write_text(CLIENT % {"artifact": ARTIFACT, "steps": STEPS, "deployment": DEPLOYMENT})
     env = child_env(platform)
     assert env["MLFLOW_TRACKING_SERVER_CERT_PATH"] == str(platform.paths.ca_cert)
     result = subprocess.run(
         [sys.executable, str(script)],
-        cwd=workdir,
+        cwd=script.parent,
         env=env,
         capture_output=True,
         text=True,
@@ -122,7 +136,7 @@ def mlflow_api(ctx: Context, path: str, auth: Any = "admin", **params: Any) -> h
         f"{ctx.config.proxy.url}/mlflow/api/2.0/mlflow/{path}",
         params=params,
         auth=credentials,
-        verify=str(ctx.paths.ca_cert),
+        verify=tls_verify(ctx),
         timeout=30,
     )
 
@@ -133,7 +147,7 @@ def prefect_api(ctx: Context, path: str, body: dict[str, Any]) -> Any:
         f"{ctx.config.proxy.url}/api/{path}",
         json=body,
         auth=(user, password),
-        verify=str(ctx.paths.ca_cert),
+        verify=tls_verify(ctx),
         timeout=30,
     )
     response.raise_for_status()
@@ -149,7 +163,7 @@ def mlflow_run_for(ctx: Context, flow_run_id: str) -> dict[str, Any]:
             "filter": f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
         },
         auth=mlflow_service.admin_auth(ctx),
-        verify=str(ctx.paths.ca_cert),
+        verify=tls_verify(ctx),
         timeout=30,
     ).json()
     assert len(found.get("runs", [])) == 1, found
@@ -164,7 +178,7 @@ def test_requests_without_credentials_are_refused(platform: Context) -> None:
     assert mlflow_api(platform, "experiments/search", auth=None, max_results=1).status_code == 401
     wrong = ("admin", "not-the-password")
     assert mlflow_api(platform, "experiments/search", auth=wrong, max_results=1).status_code == 401
-    ui = httpx.get(f"{platform.config.proxy.url}/mlflow/", verify=str(platform.paths.ca_cert))
+    ui = httpx.get(f"{platform.config.proxy.url}/mlflow/", verify=tls_verify(platform))
     assert ui.status_code == 401
     assert mlflow_api(platform, "experiments/search", max_results=1).status_code == 200
 

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from benchmarks import report
 from benchmarks.cli import parse_args
 from benchmarks.plan import ALL, make_plan

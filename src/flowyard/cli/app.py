@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flowyard.cli import apply, deploy, env, init, platform_cmds
+from flowyard.cli import apply, deploy, env, init, platform_cmds, render, worker
 
 app = typer.Typer(
     name="flowyard",
@@ -22,6 +22,8 @@ app.command()(env.env)
 app.command()(apply.apply)
 app.command()(deploy.deploy)
 app.command()(deploy.run)
+app.add_typer(worker.app, name="worker")
+app.add_typer(render.app, name="render")
 
 
 def main() -> None:

@@ -14,7 +14,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.deployments.steps.core import run_steps
 
@@ -60,6 +62,18 @@ async def _fetchable(
     return found
 
 
+def with_overrides(root: Path, overrides: dict[str, str | None]) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((root / "prefect.yaml").read_text())
+    for raw in data.get("deployments") or []:
+        pool = dict(raw.get("work_pool") or {})
+        if overrides.get("pool"):
+            pool["name"] = overrides["pool"]
+        if overrides.get("queue"):
+            pool["work_queue_name"] = overrides["queue"]
+        raw["work_pool"] = pool
+    return data
+
+
 def main() -> None:
     root = Path(sys.argv[1]).absolute()
     overrides = json.loads(sys.argv[2])
@@ -77,24 +91,27 @@ def main() -> None:
         from prefect.flows import load_flow_from_entrypoint
 
         flow_names[spec.name] = load_flow_from_entrypoint(str(root / spec.entrypoint)).name
-    args = [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"]
-    if overrides.get("pool"):
-        args += ["--pool", overrides["pool"]]
-    if overrides.get("queue"):
-        args += ["--work-queue", overrides["queue"]]
-    result = subprocess.run(args, cwd=root, capture_output=True, text=True)
-    if result.returncode != 0:
-        print(
-            json.dumps(
-                {
-                    "ok": False,
-                    "problems": [
-                        "prefect deploy failed",
-                        result.stdout[-3000:] + result.stderr[-3000:],
-                    ],
-                }
-            )
+    # `prefect deploy --all` ignores --pool/--work-queue, so overrides go into a copy of
+    # prefect.yaml (outside the project, so the push step does not upload it).
+    with tempfile.TemporaryDirectory() as scratch:
+        prefect_file = Path(scratch) / "prefect.yaml"
+        prefect_file.write_text(yaml.safe_dump(with_overrides(root, overrides)))
+        result = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "prefect"),
+                "--no-prompt",
+                "deploy",
+                "--all",
+                "--prefect-file",
+                str(prefect_file),
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
         )
+    if result.returncode != 0:
+        output = result.stdout[-3000:] + result.stderr[-3000:]
+        print(json.dumps({"ok": False, "problems": ["prefect deploy failed", output]}))
         sys.exit(3)
     found = asyncio.run(_fetchable(root, specs, flow_names))
     if found:

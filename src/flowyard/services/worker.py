@@ -21,7 +21,7 @@ def env(ctx: Context) -> dict[str, str]:
         "PREFECT_HOME": str(home),
         "PREFECT_PROFILES_PATH": str(ctx.paths.prefect_profiles),
         # Heartbeats let the zombie automation mark a run Crashed when its process dies.
-        "PREFECT_RUNNER_HEARTBEAT_FREQUENCY": "30",
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
     }
 
 

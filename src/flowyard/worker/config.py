@@ -11,10 +11,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, PrivateAttr, field_validator
 from prefect._internal.schemas.validators import validate_working_dir
+from prefect.settings import get_current_settings
 from prefect.utilities.processutils import command_to_string, get_sys_executable
 from prefect.workers.base import BaseJobConfiguration, BaseVariables
+from pydantic import Field, PrivateAttr, field_validator
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -37,6 +38,20 @@ _MEMORY = (
     "Cap on a run's private memory in MiB (RLIMIT_DATA, which includes the ~150 MiB shared "
     "with the warm interpreter); exceeding it fails that run only. Empty: no cap."
 )
+
+
+_settings_env: tuple[object, dict[str, str]] | None = None
+
+
+def settings_environment_variables() -> dict[str, str]:
+    """`get_current_settings().to_environment_variables(exclude_unset=True)`, computed once
+    per settings object: it walks every setting and was half the worker's CPU per run
+    (called twice per run, for the same unchanging settings)."""
+    global _settings_env
+    settings = get_current_settings()
+    if _settings_env is None or _settings_env[0] is not settings:
+        _settings_env = (settings, settings.to_environment_variables(exclude_unset=True))
+    return dict(_settings_env[1])
 
 
 class FlowyardJobConfiguration(BaseJobConfiguration):
@@ -81,6 +96,10 @@ class FlowyardJobConfiguration(BaseJobConfiguration):
         self.env = {**os.environ, **self.env}
         if not self._command_configured:
             self.command = command_to_string([get_sys_executable(), "-m", "prefect.engine"])
+
+    @classmethod
+    def _base_environment(cls) -> dict[str, str]:
+        return settings_environment_variables()
 
     @property
     def deployment(self) -> DeploymentResponse | None:

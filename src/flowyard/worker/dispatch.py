@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 
@@ -23,7 +24,7 @@ class Dispatcher:
         self,
         poll: Callable[[], Awaitable[object]],
         interval: float,
-        logger: logging.Logger,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
         min_gap: float = 0.05,
         prefetch_seconds: float = 10,
     ) -> None:
@@ -44,7 +45,7 @@ class Dispatcher:
 
     def wake_at(self, when: datetime) -> None:
         """Poll when a run scheduled for `when` enters the prefetch window."""
-        delay = (when - datetime.now(timezone.utc)).total_seconds() - self._prefetch
+        delay = (when - datetime.now(UTC)).total_seconds() - self._prefetch
         if delay <= 0:
             self.wake()
         else:

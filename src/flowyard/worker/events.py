@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import anyio
 from prefect.events import Event
@@ -40,7 +41,7 @@ def scheduled_time(event: Event) -> datetime | None:
 async def listen_for_scheduled_runs(
     work_pool_id: str,
     on_event: Callable[[Event | None], None],
-    logger: logging.Logger,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
     max_backoff: float = 30,
 ) -> None:
     """Call `on_event(event)` per scheduled run in the pool, `on_event(None)` on (re)connect.

@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import anyio.abc
 from prefect.runner._process_manager import ProcessHandle
-from prefect.settings import get_current_settings
 from prefect.utilities.processutils import sanitize_subprocess_env
 
 from flowyard.worker import wire
+from flowyard.worker.config import settings_environment_variables
 from flowyard.worker.zygotes import ForkConnection, WarmKey, ZygotePool
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.responses import DeploymentResponse
     from prefect.runner._control_channel import ControlChannel
 
 
@@ -34,12 +35,17 @@ class ForkedProcess:
     def __init__(self, pid: int, conn: ForkConnection) -> None:
         self.pid = pid
         self.returncode: int | None = None
+        # CPU seconds and peak RSS of the run, from the zygote's wait4().
+        self.cpu_seconds: float | None = None
+        self.maxrss_kb: int | None = None
         self._conn = conn
 
     async def wait(self) -> int:
         try:
             message = await wire.arecv(self._conn.reader)
             self.returncode = int(message["exit"])
+            self.cpu_seconds = message.get("cpu")
+            self.maxrss_kb = message.get("maxrss_kb")
         except (EOFError, OSError, KeyError, ValueError, wire.ProtocolError):
             # The zygote died; its parent-death signal has sent the run SIGTERM.
             await _wait_gone(self.pid)
@@ -95,7 +101,7 @@ def run_environment(
 ) -> dict[str, str]:
     """The environment Prefect's EngineCommandStarter gives a workspace-prepared run."""
     env: dict[str, str | None] = {**os.environ}
-    env.update(get_current_settings().to_environment_variables(exclude_unset=True))
+    env.update(settings_environment_variables())
     env.update(job_env)
     env.update(
         {
@@ -119,8 +125,10 @@ class ZygoteStarter:
         stream_output: bool,
         memory_limit_mb: int | None,
         control_channel: ControlChannel | None,
+        deployment: DeploymentResponse | None = None,
     ) -> None:
         self._pool = pool
+        self._deployment = deployment
         self._warm_imports = warm_imports
         self._job_env = job_env
         self._workspace_root = workspace_root
@@ -129,6 +137,7 @@ class ZygoteStarter:
         self._memory_limit_mb = memory_limit_mb
         self._control_channel = control_channel
         self.wait_for_zygote_seconds = 0.0
+        self.process: ForkedProcess | None = None
 
     async def start(
         self,
@@ -156,10 +165,14 @@ class ZygoteStarter:
                 "manifest_path": str(self._manifest_path),
                 "stream_output": self._stream_output,
                 "memory_limit_mb": self._memory_limit_mb,
+                "flow_run": flow_run.model_dump(mode="json"),
+                "deployment": self._deployment.model_dump(mode="json")
+                if self._deployment is not None
+                else None,
             }
             key = WarmKey.for_run(self._warm_imports, env)
             pid, conn, self.wait_for_zygote_seconds = await self._pool.fork(key, request)
-            process = ForkedProcess(pid, conn)
+            self.process = process = ForkedProcess(pid, conn)
             handed_off = True
             task_status.started(
                 ProcessHandle(cast(Any, process), termination_scope=GroupTerminationScope())

@@ -81,9 +81,7 @@ class FlowyardWorkerResult(BaseWorkerResult):
     """Exit status of a flow run's process."""
 
 
-class FlowyardWorker(
-    BaseWorker[FlowyardJobConfiguration, FlowyardVariables, FlowyardWorkerResult]
-):
+class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, FlowyardWorkerResult]):
     type = "flowyard"
     job_configuration = FlowyardJobConfiguration
     job_configuration_variables = FlowyardVariables
@@ -228,10 +226,27 @@ class FlowyardWorker(
             finally:
                 await self._executors.release(flow_run.id)
                 starter.close()
+                self._log_usage(flow_run, starter)
         if execution is None or execution.status_code is None:
             raise RuntimeError("Failed to start flow run process.")
         return FlowyardWorkerResult(
             status_code=execution.status_code, identifier=str(execution.handle.pid)
+        )
+
+    def _log_usage(self, flow_run: FlowRun, starter: _RunStarter) -> None:
+        warm = starter.warm
+        if warm is None or warm.process is None or warm.process.cpu_seconds is None:
+            return
+        self._logger.info(
+            "Flow run %s (%s) exited %s: %.2f CPU-s, peak RSS %d MiB, warm start%s",
+            flow_run.name,
+            flow_run.id,
+            warm.process.returncode,
+            warm.process.cpu_seconds,
+            (warm.process.maxrss_kb or 0) // 1024,
+            f" after {warm.wait_for_zygote_seconds:.1f} s waiting for a fresh interpreter"
+            if warm.wait_for_zygote_seconds > 0.5
+            else "",
         )
 
     def _starter(
@@ -265,6 +280,7 @@ class FlowyardWorker(
             stream_output=config.stream_output,
             memory_limit_mb=config.memory_limit_mb,
             control_channel=control,
+            deployment=config.deployment,
         )
         return _RunStarter(
             warm,
@@ -330,6 +346,13 @@ class _RunStarter:
     @property
     def hook_runner(self) -> FlowRunHookRunner:
         return self
+
+    @property
+    def warm(self) -> ZygoteStarter | None:
+        """The warm starter, if this run was (or is being) forked from a zygote."""
+        if self._fallen_back is None and isinstance(self._starter, ZygoteStarter):
+            return self._starter
+        return None
 
     async def run_cancellation_hooks(self, flow_run: FlowRun, state: Any) -> None:
         await self._hooks.run_cancellation_hooks(flow_run, state)

@@ -50,7 +50,16 @@ BASE_IMPORTS = (
     "prefect.deployments.steps.pull",
     "prefect.runner._workspace_resolver",
     "prefect.runner._workspace_starter",
+    "prefect.runner._workspace_supervisor",
     "prefect._internal.control_listener",
+    # Imported lazily by every run (found by profiling runs): flow decoration checks for
+    # pydantic v1 models, the engine's async pieces load anyio's asyncio backend.
+    "pydantic.v1",
+    "anyio._backends._asyncio",
+    "anyio.streams.tls",
+    "anyio.streams.memory",
+    "anyio.streams.stapled",
+    "rich._emoji_codes",
     "flowyard.worker.child",
 )
 _PR_SET_PDEATHSIG = 1
@@ -102,11 +111,24 @@ def changed_files(snapshot: dict[str, tuple[int, int]]) -> list[str]:
     return changed
 
 
+def thread_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        import threading
+
+        return threading.active_count()
+
+
 class Zygote:
     def __init__(self, listener: socket.socket, parent_pid: int, failed: dict[str, str]):
         self.listener = listener
         self.parent_pid = parent_pid
         self.failed_imports = failed
+        # A module that starts a thread on import makes forking unsafe (the fork would
+        # hold a copy of a thread that does not run, and of any lock it held).
+        threads = thread_count()
+        self.unsafe = f"{threads} threads after imports" if threads > 1 else None
         self.snapshot = module_files()
         self.children: dict[int, socket.socket] = {}
         self.retired = False
@@ -174,11 +196,14 @@ class Zygote:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            # Whatever the run left behind in its process group goes with it.
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
             conn = self.children.pop(pid, None)
             if conn is None:
                 continue
@@ -186,7 +211,14 @@ class Zygote:
                 self.selector.unregister(conn)
             with contextlib.suppress(OSError):
                 conn.setblocking(True)
-                wire.send(conn, {"exit": os.waitstatus_to_exitcode(status)})
+                wire.send(
+                    conn,
+                    {
+                        "exit": os.waitstatus_to_exitcode(status),
+                        "cpu": usage.ru_utime + usage.ru_stime,
+                        "maxrss_kb": usage.ru_maxrss,
+                    },
+                )
             conn.close()
 
     def _forget_connection(self, conn: socket.socket) -> None:
@@ -228,13 +260,17 @@ class Zygote:
             "children": len(self.children),
             "forks": self.forks,
             "retired": self.retired,
+            "unsafe": self.unsafe,
             "failed_imports": self.failed_imports,
             "stale": changed_files(self.snapshot)[:20],
         }
 
     def _fork(self, conn: socket.socket, request: dict[str, Any]) -> None:
-        if self.retired:
-            wire.send(conn, {"error": "retired"})
+        if self.retired or self.unsafe:
+            wire.send(
+                conn,
+                {"error": "unsafe", "reason": self.unsafe} if self.unsafe else {"error": "retired"},
+            )
             conn.close()
             return
         stale = changed_files(self.snapshot)
@@ -320,11 +356,16 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     listener = socket.socket(fileno=args.fd)
     failed = import_modules([*BASE_IMPORTS, *args.imports])
+    from flowyard.worker.child import capture_zygote_settings
+    from flowyard.worker.warmup import warm_up
+
+    report = warm_up()
+    capture_zygote_settings()
     for name, error in failed.items():
         print(f"flowyard zygote: cannot pre-import {name}: {error}", file=sys.stderr)
     print(
         f"flowyard zygote {os.getpid()}: ready in {time.perf_counter() - started:.2f} s "
-        f"({len(sys.modules)} modules)",
+        f"({len(sys.modules)} modules; warm-up {report})",
         file=sys.stderr,
         flush=True,
     )

@@ -88,7 +88,7 @@ class ForkConnection:
 class ZygotePool:
     def __init__(
         self,
-        logger: logging.Logger,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
         extra_imports: tuple[str, ...] = DEFAULT_EXTRA_IMPORTS,
         max_zygotes: int = 4,
     ) -> None:
@@ -101,6 +101,8 @@ class ZygotePool:
         self._base: Zygote | None = None
         self._base_process: asyncio.subprocess.Process | None = None
         self._children: OrderedDict[WarmKey, Zygote] = OrderedDict()
+        # Import sets whose zygote had threads after importing: always started cold.
+        self._unsafe: dict[WarmKey, str] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -112,6 +114,7 @@ class ZygotePool:
     async def close(self) -> None:
         """Stop every zygote. Their runs were stopped by the worker before this."""
         for zygote in [*self._children.values(), *([self._base] if self._base else [])]:
+            zygote.retired = True
             with contextlib.suppress(ProcessLookupError):
                 os.kill(zygote.pid, signal.SIGKILL)
         if self._base_process is not None:
@@ -182,6 +185,8 @@ class ZygotePool:
 
     # -- routing -------------------------------------------------------------------------
     async def _zygote_for(self, key: WarmKey) -> Zygote:
+        if key in self._unsafe:
+            raise ZygoteUnavailable(self._unsafe[key])
         async with self._lock:
             base = await self._ensure_base()
             if key == WarmKey():
@@ -263,6 +268,11 @@ class ZygotePool:
                 return int(reply["pid"]), conn, time.monotonic() - started
             conn.close()
             last_error = reply.get("error", "refused")
+            if last_error == "unsafe":
+                reason = f"warm imports {list(key.imports)} start threads ({reply.get('reason')})"
+                self._unsafe[key] = reason
+                await self._retire(zygote)
+                raise ZygoteUnavailable(reason)
             self._on_refusal(zygote, reply)
             if zygote is not self._base and reply.get("error") == "stale":
                 # The changed file may be one the base zygote imported too: check it.

@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+# The business-logic image: a Prefect worker plus the flowyard-flows package and everything
+# it imports (flows.lock), since a process worker runs each flow run in its own environment.
+# Deployments still pull their code from the object store; the installed package is what
+# those runs import. Build from the repository root:
+#   docker build -f deploy/docker/flows.Dockerfile -t flowyard/flows:0.1.0 .
+
+FROM python:3.11.14-slim-bookworm AS build
+RUN python -m venv /opt/flowyard
+ENV PATH=/opt/flowyard/bin:$PATH
+COPY deploy/docker/flows.lock /tmp/flows.lock
+RUN pip install --no-cache-dir --no-deps --requirement /tmp/flows.lock && pip check
+COPY flows/pyproject.toml flows/README.md /src/
+COPY flows/src /src/src
+RUN pip install --no-cache-dir --no-deps --no-build-isolation /src
+
+FROM python:3.11.14-slim-bookworm
+ENV PATH=/opt/flowyard/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    FLOWYARD_HOME=/var/lib/flowyard
+RUN useradd --system --uid 10001 --user-group --create-home --home-dir /var/lib/flowyard \
+        --shell /usr/sbin/nologin flowyard
+COPY --from=build /opt/flowyard /opt/flowyard
+COPY --chmod=0755 deploy/docker/entrypoint.sh /usr/local/bin/flowyard-entrypoint
+# Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
+WORKDIR /var/lib/flowyard
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=12 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=5)"]
+ENTRYPOINT ["flowyard-entrypoint"]
+CMD ["prefect", "worker", "start", "--pool", "default", "--with-healthcheck"]

@@ -1,0 +1,78 @@
+"""`flowyard worker join-file` (on the server) and `flowyard worker join` (on another host)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from flowyard.cli._common import HomeOption, console, handle_errors, resolve_home
+from flowyard.platform import lifecycle
+from flowyard.platform.join import JoinInfo, check_connection, default_worker_name, worker_env
+
+app = typer.Typer(help="Workers on other machines.", no_args_is_help=True)
+
+
+@app.command("join-file")
+@handle_errors
+def join_file(
+    out: Path = typer.Option(Path("flowyard-join.toml"), "--out", help="Where to write it (0600)."),
+    pool: str | None = typer.Option(None, "--pool", help="Pool the worker serves."),
+    home: Path | None = HomeOption,
+) -> None:
+    """Write the file a remote worker joins with (URL, CA, credentials, pool)."""
+    ctx = lifecycle.load_context(resolve_home(home))
+    info = JoinInfo.from_platform(ctx, pool or ctx.config.worker.pool)
+    info.write(out)
+    console.print(f"[green]Wrote[/] {out} (0600). It grants access to the platform: copy it safely.")
+    console.print(
+        f"On the worker host: [bold]flowyard worker join {info.url} --pool {info.pool} "
+        f"--join-file {out.name}[/]"
+    )
+
+
+@app.command("join")
+@handle_errors
+def join(
+    url: str | None = typer.Argument(None, help="The platform's public URL (default: from file)."),
+    join_file: Path = typer.Option(Path("flowyard-join.toml"), "--join-file"),
+    pool: str | None = typer.Option(None, "--pool", help="Work pool (default: from file)."),
+    name: str | None = typer.Option(None, "--name", help="Worker name."),
+    limit: int | None = typer.Option(None, "--limit", help="Flow runs at once."),
+    worker_type: str = typer.Option("process", "--type", help="Prefect worker type."),
+    home: Path = typer.Option(
+        Path.home() / ".flowyard-worker", "--home", envvar="FLOWYARD_WORKER_HOME"
+    ),
+    check_only: bool = typer.Option(False, "--check", help="Check the connection, then exit."),
+) -> None:
+    """Start a worker on this machine that serves a pool of a remote platform."""
+    info = JoinInfo.read(join_file)
+    if pool:
+        info.pool = pool
+    base = (url or info.url).rstrip("/")
+    home.mkdir(parents=True, exist_ok=True)
+    env = worker_env(info, base, home)
+    for line in check_connection(info, env):
+        console.print(f"  [green]✓[/] {line}")
+    if check_only:
+        return
+    argv = [
+        str(Path(sys.executable).parent / "prefect"),
+        "worker",
+        "start",
+        "--pool",
+        info.pool,
+        "--type",
+        worker_type,
+        "--name",
+        name or default_worker_name(),
+        *(["--limit", str(limit)] if limit else []),
+    ]
+    console.print(f"Starting worker for pool {info.pool!r} at {base}")
+    sys.stdout.flush()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
+    os.chdir(home)
+    # exec: the worker becomes this process, so signals and exit codes reach it directly.
+    os.execve(argv[0], argv, {**clean, **env})

@@ -1,0 +1,59 @@
+"""A second host for tests: a network namespace joined to this one by a veth pair.
+
+The namespace's only way to the platform is the host end of the veth, where only Caddy
+listens; every other platform service binds 127.0.0.1 of the host namespace.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RemoteHost:
+    namespace: str
+    host_ip: str  # the platform side of the link
+    remote_ip: str
+
+    def prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace]
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@contextmanager
+def remote_host() -> Iterator[RemoteHost | None]:
+    """Yields None where namespaces cannot be made (no root, no iproute2)."""
+    if shutil.which("ip") is None:
+        yield None
+        return
+    tag = f"{random.randint(0, 0xFFFF):04x}"
+    ns, host_if, ns_if = f"fy-{tag}", f"fyh-{tag}", f"fyn-{tag}"
+    # A /30 in 10.231.0.0/16: only ever our own two ends.
+    octet = random.randint(0, 63) * 4
+    net = f"10.231.{random.randint(0, 255)}"
+    host_ip, remote_ip = f"{net}.{octet + 1}", f"{net}.{octet + 2}"
+    try:
+        _ip("netns", "add", ns)
+    except subprocess.CalledProcessError:
+        yield None
+        return
+    try:
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        _ip("link", "set", ns_if, "netns", ns)
+        _ip("addr", "add", f"{host_ip}/30", "dev", host_if)
+        _ip("link", "set", host_if, "up")
+        _ip("netns", "exec", ns, "ip", "addr", "add", f"{remote_ip}/30", "dev", ns_if)
+        _ip("netns", "exec", ns, "ip", "link", "set", ns_if, "up")
+        _ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        yield RemoteHost(namespace=ns, host_ip=host_ip, remote_ip=remote_ip)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)

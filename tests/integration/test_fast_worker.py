@@ -1,0 +1,341 @@
+"""The `flowyard` worker on the real platform: the default pool typed `flowyard`, served by
+the platform's own worker service, flows deployed from a local directory with a
+`set_working_directory` pull step.
+
+Covers what a warm, forking worker could get wrong: isolation between runs, cancellation,
+crash handling (the worker and its warm interpreter survive), stale-code protection, and
+cleanup when the worker itself is killed. Speed is the benchmark's business, not asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psutil
+import pytest
+
+from flowyard.platform.client_env import client_env
+from flowyard.platform.supervisor import Supervisor
+from flowyard.services.base import Context
+from flowyard.testing import running_platform
+
+pytestmark = pytest.mark.integration
+
+FLOWS = {
+    "isolation.py": """
+        import os, sys
+        from prefect import flow
+
+        SEEN = []
+
+        @flow
+        def leak(tag: str) -> dict:
+            before = {
+                "global": list(SEEN),
+                "module": "fy_marker_mod" in sys.modules,
+                "env": os.environ.get("FY_LEAKED"),
+            }
+            SEEN.append(tag)
+            import fy_marker_mod  # noqa: F401  (in the flow's directory)
+            os.environ["FY_LEAKED"] = tag
+            return {
+                "before": before,
+                "pid": os.getpid(),
+                "cwd": os.getcwd(),
+                "deployment_env": os.environ.get("FY_DEPLOYMENT_VAR"),
+            }
+    """,
+    "fy_marker_mod.py": "VALUE = 1\n",
+    "behave.py": """
+        import os, signal, subprocess, time
+        from pathlib import Path
+        from prefect import flow
+
+        def _mark(name):
+            def hook(flow, flow_run, state):
+                Path(os.environ["FY_MARKS"], f"{name}-{flow_run.id}").write_text(state.name)
+            return hook
+
+        @flow(on_crashed=[_mark("crashed")], on_cancellation=[_mark("cancelled")])
+        def behave(how: str = "ok", seconds: float = 0) -> dict:
+            if how == "exit":
+                os._exit(3)
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if how == "memory":
+                hog = []
+                while True:
+                    hog.append(bytearray(50 * 2**20))
+            if how == "sleep":
+                # A grandchild in the run's process group: must not outlive the run.
+                child = subprocess.Popen(["sleep", "600"])
+                Path(os.environ["FY_MARKS"], f"grandchild-{os.getpid()}").write_text(
+                    str(child.pid)
+                )
+                time.sleep(seconds)
+            return {"pid": os.getpid()}
+    """,
+    "versioned.py": """
+        import os
+        from prefect import flow
+        import fy_helper
+
+        CODE_VERSION = "flow-v1"
+
+        @flow
+        def versioned() -> dict:
+            return {
+                "helper": fy_helper.VERSION,
+                "helper_was_warm": fy_helper.IMPORTED_BY != os.getpid(),
+                "code": CODE_VERSION,
+            }
+    """,
+}
+HELPER = 'import os\nVERSION = "{version}"\nIMPORTED_BY = os.getpid()\n'
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
+    home = tmp_path_factory.mktemp("fastworker") / "home"
+    with running_platform(
+        home, pools=[{"name": "default", "type": "flowyard"}], worker={"concurrency": 4}
+    ) as ctx:
+        saved = dict(os.environ)
+        os.environ.update(client_env(ctx))
+        import prefect.context
+
+        prefect.context.refresh_global_settings_context()
+        try:
+            yield ctx
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            prefect.context.refresh_global_settings_context()
+
+
+@pytest.fixture(scope="module")
+def code(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("code")
+    flows, lib, marks = root / "flows", root / "lib", root / "marks"
+    for d in (flows, lib, marks):
+        d.mkdir()
+    for name, text in FLOWS.items():
+        (flows / name).write_text(textwrap.dedent(text))
+    (lib / "fy_helper.py").write_text(HELPER.format(version="v1"))
+    return {"flows": flows, "lib": lib, "marks": marks}
+
+
+@pytest.fixture(scope="module")
+def deploy(platform: Context, code: dict[str, Path]) -> Callable[..., UUID]:
+    from prefect import flow
+
+    def _deploy(entrypoint: str, name: str, **job_variables: Any) -> UUID:
+        env = {"FY_MARKS": str(code["marks"]), **job_variables.pop("env", {})}
+        source = flow.from_source(source=str(code["flows"]), entrypoint=entrypoint)
+        deployment_id = source.deploy(
+            name=name,
+            work_pool_name="default",
+            job_variables={"env": env, **job_variables},
+            print_next_steps=False,
+        )
+        return UUID(str(deployment_id))
+
+    return _deploy
+
+
+def client() -> Any:
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def trigger(deployment_id: UUID, **parameters: Any) -> UUID:
+    with client() as c:
+        return c.create_flow_run_from_deployment(deployment_id, parameters=parameters).id
+
+
+def wait_for(run_id: UUID, done: Callable[[Any], bool], timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    with client() as c:
+        while True:
+            run = c.read_flow_run(run_id)
+            if done(run):
+                return run
+            if time.monotonic() > deadline:
+                raise AssertionError(f"flow run {run_id} still {run.state.name} after {timeout}s")
+            time.sleep(0.25)
+
+
+def finished(run_id: UUID, timeout: float = 90) -> Any:
+    return wait_for(run_id, lambda r: r.state is not None and r.state.is_final(), timeout)
+
+
+def result(run: Any) -> Any:
+    assert run.state.is_completed(), f"{run.state.name}: {run.state.message}"
+    return run.state.result()
+
+
+def worker_pid(ctx: Context) -> int:
+    return int(Supervisor(ctx.paths).info("worker")["pid"])
+
+
+def zygote_pids(ctx: Context) -> set[int]:
+    pids = set()
+    for proc in psutil.Process(worker_pid(ctx)).children(recursive=True):
+        try:
+            # Runs are forks of a zygote too (same command line) but lead their own session.
+            if "flowyard.worker.zygote" in proc.cmdline() and os.getsid(proc.pid) != proc.pid:
+                pids.add(proc.pid)
+        except (psutil.Error, ProcessLookupError):  # a run that just exited
+            pass
+    return pids
+
+
+def gone(pid: int, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_registered_as_a_work_pool_type(platform: Context) -> None:
+    from prefect.workers.base import BaseWorker
+
+    assert BaseWorker.get_worker_class_from_type("flowyard") is not None
+    with client() as c:
+        pool = c.read_work_pool("default")
+    assert pool.type == "flowyard"
+    assert "warm_imports" in pool.base_job_template["variables"]["properties"]
+    assert zygote_pids(platform), "the worker keeps a warm interpreter"
+
+
+def test_runs_are_isolated(deploy: Callable[..., UUID], code: dict[str, Path]) -> None:
+    deployment = deploy("isolation.py:leak", "isolation", env={"FY_DEPLOYMENT_VAR": "yes"})
+    first = result(finished(trigger(deployment, tag="first")))
+    second = result(finished(trigger(deployment, tag="second")))
+    for run in (first, second):
+        # Nothing from the other run: its globals, its imports, its environment.
+        assert run["before"] == {"global": [], "module": False, "env": None}
+        # The deployment's environment and the pull step's working directory apply.
+        assert run["deployment_env"] == "yes"
+        assert Path(run["cwd"]).resolve() == code["flows"].resolve()
+    assert first["pid"] != second["pid"]
+
+
+def test_crashes_are_reported_and_the_worker_survives(
+    platform: Context, deploy: Callable[..., UUID], code: dict[str, Path]
+) -> None:
+    deployment = deploy("behave.py:behave", "behave", memory_limit_mb=400)
+    zygotes = zygote_pids(platform)
+    worker = worker_pid(platform)
+
+    exited = finished(trigger(deployment, how="exit"))
+    assert exited.state.is_crashed(), exited.state
+    killed = finished(trigger(deployment, how="kill"))
+    assert killed.state.is_crashed(), killed.state
+    # The crashed hook ran (in a process of its own, like Prefect's runner does it).
+    mark = code["marks"] / f"crashed-{exited.id}"
+    deadline = time.monotonic() + 60
+    while not mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert mark.exists(), "on_crashed hook did not run"
+
+    # A run that exhausts its memory cap fails alone.
+    hog = finished(trigger(deployment, how="memory"), timeout=120)
+    assert hog.state.is_failed() or hog.state.is_crashed(), hog.state
+
+    assert worker_pid(platform) == worker
+    assert zygote_pids(platform) == zygotes, "warm interpreter replaced after run crashes"
+    assert result(finished(trigger(deployment, how="ok")))["pid"] > 0
+
+
+def test_cancellation(
+    platform: Context, deploy: Callable[..., UUID], code: dict[str, Path]
+) -> None:
+    from prefect.states import Cancelling
+
+    deployment = deploy("behave.py:behave", "behave-sleep")
+    run_id = trigger(deployment, how="sleep", seconds=300)
+    running = wait_for(run_id, lambda r: r.state is not None and r.state.is_running())
+    pid = int(str(running.infrastructure_pid).rsplit(":", 1)[-1])
+    grandchild_file = code["marks"] / f"grandchild-{pid}"
+    deadline = time.monotonic() + 30
+    while not grandchild_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    grandchild = int(grandchild_file.read_text())
+
+    with client() as c:
+        c.set_flow_run_state(run_id, Cancelling())
+    run = finished(run_id, timeout=60)
+    assert run.state.is_cancelled(), run.state
+    assert gone(pid), "cancelled run's process still alive"
+    assert gone(grandchild), "a process the cancelled run started is still alive"
+
+
+def test_stale_code_is_never_served(
+    platform: Context, deploy: Callable[..., UUID], code: dict[str, Path]
+) -> None:
+    deployment = deploy(
+        "versioned.py:versioned",
+        "versioned",
+        env={"PYTHONPATH": str(code["lib"])},
+        warm_imports=["fy_helper"],
+    )
+    first = result(finished(trigger(deployment)))
+    assert first == {"helper": "v1", "helper_was_warm": True, "code": "flow-v1"}
+
+    # New code on disk: the warm module (imported before the fork) and the flow's own file.
+    helper = code["lib"] / "fy_helper.py"
+    helper.write_text(HELPER.format(version="v2"))
+    os.utime(helper, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    flow_file = code["flows"] / "versioned.py"
+    flow_file.write_text(flow_file.read_text().replace("flow-v1", "flow-v2"))
+
+    second = result(finished(trigger(deployment)))
+    assert second["helper"] == "v2" and second["code"] == "flow-v2"
+    assert second["helper_was_warm"], "the replacement warm interpreter imports it too"
+
+
+def test_killing_the_worker_crashes_its_runs_and_leaves_no_orphans(
+    platform: Context, deploy: Callable[..., UUID], code: dict[str, Path]
+) -> None:
+    deployment = deploy("behave.py:behave", "behave-orphans")
+    run_id = trigger(deployment, how="sleep", seconds=300)
+    running = wait_for(run_id, lambda r: r.state is not None and r.state.is_running())
+    pid = int(str(running.infrastructure_pid).rsplit(":", 1)[-1])
+    grandchild_file = code["marks"] / f"grandchild-{pid}"
+    deadline = time.monotonic() + 30
+    while not grandchild_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    grandchild = int(grandchild_file.read_text())
+    worker = worker_pid(platform)
+    zygotes = zygote_pids(platform)
+
+    os.kill(worker, signal.SIGKILL)
+
+    for orphan in (*zygotes, pid, grandchild):
+        assert gone(orphan), f"process {orphan} outlived the killed worker"
+    run = finished(run_id, timeout=60)
+    assert run.state.is_crashed(), run.state
+
+    # Supervisor restarts the worker; it serves runs again.
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        info = Supervisor(platform.paths).info("worker")
+        if info["statename"] == "RUNNING" and info["pid"] != worker:
+            break
+        time.sleep(1)
+    ok = deploy("behave.py:behave", "behave-after")
+    assert result(finished(trigger(ok), timeout=120))["pid"] > 0

@@ -1,0 +1,122 @@
+"""The `flowyard` worker's parts that need no platform: registration, the job template, the
+cold-start rules, and the zygote process itself (pings, child zygotes, stale-code refusal)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowyard.worker import wire
+from flowyard.worker.config import FlowyardJobConfiguration
+from flowyard.worker.worker import needs_cold_start
+
+
+def test_registered_with_its_own_job_template() -> None:
+    from prefect.workers.base import BaseWorker
+    from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
+
+    assert BaseWorker.get_worker_class_from_type("flowyard").__name__ == "FlowyardWorker"
+    template = asyncio.run(get_default_base_job_template_for_infrastructure_type("flowyard"))
+    assert template is not None
+    variables = template["variables"]["properties"]
+    for name in ("env", "working_dir", "stream_output", "warm_start", "warm_imports"):
+        assert name in variables
+    assert template["job_configuration"]["warm_imports"] == "{{ warm_imports }}"
+
+
+@pytest.mark.parametrize(
+    ("values", "cold"),
+    [
+        ({}, False),
+        ({"env": {"PYTHONPATH": "/srv/lib", "MY_VAR": "x"}}, False),
+        ({"warm_start": False}, True),
+        ({"command": "python my_runner.py"}, True),
+        ({"env": {"PYTHONHASHSEED": "7"}}, True),
+        ({"env": {"LD_PRELOAD": "/lib/x.so"}}, True),
+    ],
+)
+def test_cold_start_only_when_a_fork_cannot_honour_the_job(
+    values: dict[str, Any], cold: bool
+) -> None:
+    from prefect.client.schemas.objects import FlowRun
+
+    config = FlowyardJobConfiguration(**values)
+    config.prepare_for_flow_run(FlowRun(flow_id="00000000-0000-0000-0000-000000000000"))
+    assert (needs_cold_start(config) is not None) is cold
+
+
+def test_wire_round_trip() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        wire.send(a, {"op": "ping", "n": 1})
+        assert wire.recv(b) == {"op": "ping", "n": 1}
+
+
+class ZygoteProcess:
+    def __init__(self, tmp: Path) -> None:
+        self.socket = tmp / "z.sock"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(self.socket))
+        listener.listen(8)
+        self.proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "flowyard.worker.zygote"),
+                *("--fd", str(listener.fileno()), "--parent", str(os.getpid())),
+            ],
+            pass_fds=(listener.fileno(),),
+        )
+        listener.close()
+
+    def request(self, path: Path, message: dict[str, Any]) -> tuple[dict[str, Any], socket.socket]:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(120)
+        sock.connect(str(path))
+        wire.send(sock, message)
+        return wire.recv(sock), sock
+
+
+def test_zygote_serves_child_zygotes_and_refuses_stale_code(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    module = lib / "fy_unit_warm.py"
+    module.write_text("VALUE = 1\n")
+    zygote = ZygoteProcess(tmp_path)
+    try:
+        status, conn = zygote.request(zygote.socket, {"op": "ping"})
+        conn.close()
+        assert status["pid"] == zygote.proc.pid
+        assert status["unsafe"] is None and status["stale"] == []
+
+        child_socket = tmp_path / "child.sock"
+        reply, child_conn = zygote.request(
+            zygote.socket,
+            {"op": "zygote", "socket": str(child_socket), "imports": ["fy_unit_warm"]}
+            | {"pythonpath": [str(lib)]},
+        )
+        assert reply["pid"] > 0
+        status, conn = zygote.request(child_socket, {"op": "ping"})
+        conn.close()
+        assert status["failed_imports"] == {} and status["stale"] == []
+
+        # Same size, new mtime: a changed file is a changed file.
+        module.write_text("VALUE = 2\n")
+        os.utime(module, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+        refusal, conn = zygote.request(child_socket, {"op": "fork", "mode": "engine"})
+        conn.close()
+        assert refusal["error"] == "stale"
+        assert str(module) in refusal["files"]
+        # A retired zygote with no runs exits; its parent reports the exit.
+        child_conn.settimeout(30)
+        assert "exit" in wire.recv(child_conn)
+        child_conn.close()
+    finally:
+        zygote.proc.kill()
+        zygote.proc.wait()
