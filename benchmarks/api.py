@@ -165,17 +165,17 @@ def run(env: BenchEnv, res: BenchResult) -> None:
     )
     conc = concurrent(ctx, env)
     res.details["concurrent"] = conc
-    for call, by_path in conc.items():
+    for call, totals in conc.items():
         res.add(
             Figure(
                 f"{call} throughput, {plan.api_concurrency} connections",
                 "req/s",
-                by_path["proxy"]["req_per_s"],
-                by_path["direct"]["req_per_s"],
+                totals["proxy"]["req_per_s"],
+                totals["direct"]["req_per_s"],
                 "higher",
-                n=int(by_path["proxy"]["requests"]),
+                n=int(totals["proxy"]["requests"]),
             )
         )
-        if by_path["proxy"]["errors"] or by_path["direct"]["errors"]:
+        if totals["proxy"]["errors"] or totals["direct"]["errors"]:
             res.status = "partial"
-            res.notes.append(f"{call}: errors proxy/direct {by_path}")
+            res.notes.append(f"{call}: errors proxy/direct {totals}")

@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -174,9 +175,7 @@ def run_all(env: Any, selected: list[str], results: list[BenchResult]) -> None:
             while pending:
                 res = pending.pop(0)
                 results.append(res)
-                guarded(
-                    [res], plan.timeouts_s[res.name], lambda r=res: runners[r.name](env, r), env
-                )
+                guarded([res], plan.timeouts_s[res.name], partial(runners[res.name], env, res), env)
     except Exception as exc:
         traceback.print_exc()
         for res in pending:

@@ -158,7 +158,8 @@ def run(env: BenchEnv, cold: BenchResult | None, mem: BenchResult | None) -> Non
     if cold:
         cold.candidate = "`flowyard up` in a subprocess (all services ready, worker registered)"
     if mem:
-        mem.candidate = f"Flowyard platform, idle {env.plan.idle_settle_s:g} s after a warm start"
+        after = "a warm restart" if cold else "a fresh start"
+        mem.candidate = f"Flowyard platform, idle {env.plan.idle_settle_s:g} s after {after}"
     try:
         _flowyard(env, timed=cold is not None, memory=mem is not None, out=fy)
         _stock(env, timed=cold is not None, memory=mem is not None, out=st)

@@ -141,7 +141,8 @@ def fmt_ratio(fig: Figure) -> str:
     r = fig.ratio
     if r is None:
         return "-"
-    return f"{r:.2f}x"
+    digits = 1 if r >= 10 else 2 if r >= 0.1 else 3
+    return f"{r:.{digits}f}x"
 
 
 def _cell(text: str) -> str:

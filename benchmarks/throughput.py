@@ -73,9 +73,9 @@ async def _batch(env: BenchEnv, kind: WorkerKind, role: str, deployment_id: UUID
                 gave_up = datetime.now(UTC)
         finally:
             sampler.cancel()
-        completed = [r for r in runs if state_type(r) == "COMPLETED" and r.end_time]
-        all_done = len(completed) == n
-        end = max((r.end_time for r in completed), default=gave_up) if all_done else gave_up
+        ends = [r.end_time for r in runs if state_type(r) == "COMPLETED" and r.end_time]
+        all_done = len(ends) == n
+        end = max(ends) if all_done else gave_up
         wall = (end - t0).total_seconds()
         # Run processes outlive their Completed state by a moment; their CPU reaches the
         # worker's cutime only once they exit and are reaped.
@@ -88,11 +88,11 @@ async def _batch(env: BenchEnv, kind: WorkerKind, role: str, deployment_id: UUID
     return {
         "kind": kind.key,
         "runs": n,
-        "completed": len(completed),
+        "completed": len(ends),
         "states": states,
         "submit_s": submit_s,
         "wall_s": wall,
-        "runs_per_min": rate(len(completed), wall, per=60),
+        "runs_per_min": rate(len(ends), wall, per=60),
         "worker_cpu_s": cpu,
         "worker_cpu_per_run_s": cpu / n,
         "platform_cpu_per_run_s": server_cpu / n,

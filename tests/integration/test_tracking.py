@@ -9,6 +9,7 @@ check what landed in MLflow, in Prefect and in S3.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from pydantic import SecretStr
 
 from flowyard.platform.client_env import child_env
 from flowyard.platform.supervisor import Supervisor
@@ -288,6 +290,49 @@ def test_mlflow_idles_small(platform: Context, tracked: dict[str, Any]) -> None:
     assert len(procs) == 2, [p.cmdline() for p in procs]  # the CLI and one uvicorn worker
     rss = sum(p.memory_info().rss for p in procs)
     assert rss < 900 * 2**20, f"MLflow uses {rss / 2**20:.0f} MB"
+
+
+def test_admin_password_follows_the_secrets_file(platform: Context) -> None:
+    """MLflow only reads the bootstrap password into an empty user store; `bootstrap`
+    re-syncs it from secrets.toml (e.g. one restored from a backup), as for Postgres roles."""
+    other = dataclasses.replace(
+        platform,
+        secrets=platform.secrets.model_copy(
+            update={"mlflow_admin_password": SecretStr("restored-from-backup")}
+        ),
+    )
+    try:
+        assert mlflow_service.bootstrap(other) == [
+            f"admin password re-synced from {platform.paths.secrets_file}"
+        ]
+        assert mlflow_api(other, "experiments/search", max_results=1).status_code == 200
+    finally:
+        mlflow_service.bootstrap(platform)
+    assert mlflow_api(platform, "experiments/search", max_results=1).status_code == 200
+    assert mlflow_service.bootstrap(platform) == []
+
+
+def test_teams_get_users_that_read_but_do_not_edit_others_runs(
+    platform: Context, tracked: dict[str, Any]
+) -> None:
+    base = f"{platform.config.proxy.url}/mlflow/api/2.0/mlflow"
+    team = ("team-a", "team-a-has-a-long-password")
+    created = httpx.post(
+        f"{base}/users/create",
+        json={"username": team[0], "password": team[1]},
+        auth=mlflow_service.admin_auth(platform),
+        verify=tls_verify(platform),
+    )
+    assert created.status_code == 200, created.text
+    run_id = mlflow_run_for(platform, tracked["runs"][0]["flow_run_id"])["info"]["run_id"]
+    assert mlflow_api(platform, "runs/get", auth=team, run_id=run_id).status_code == 200
+    edit = httpx.post(
+        f"{base}/runs/set-tag",
+        json={"run_id": run_id, "key": "touched", "value": "yes"},
+        auth=team,
+        verify=tls_verify(platform),
+    )
+    assert edit.status_code == 403
 
 
 def test_glue_needs_only_mlflow_skinny() -> None:

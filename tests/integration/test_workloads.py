@@ -4,6 +4,7 @@ namespace, the zombie automation, and bad input refused before anything is left 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,8 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
+from flowyard.platform import lifecycle
 from flowyard.platform.api import api_client
 from flowyard.platform.client_env import child_env
 from flowyard.services.base import Context
@@ -109,9 +112,18 @@ def start_worker(ctx: Context, pool: str, limit: int = 1) -> subprocess.Popen[by
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
-    """Stop a process group by PID: INT (Prefect's worker ignores TERM), then KILL."""
+    """Stop a worker by PID: INT (Prefect's worker ignores TERM), then KILL.
+
+    Flow-run processes run in sessions of their own, so with KILL (a dying machine) they are
+    killed by PID too, or they would go on heartbeating as orphans.
+    """
     if proc.poll() is None:
+        children = psutil.Process(proc.pid).children(recursive=True)
         os.killpg(proc.pid, sig)
+        if sig == signal.SIGKILL:
+            for child in children:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -317,3 +329,20 @@ def test_bad_input_is_refused_before_anything_is_made(deployed: Context, tmp_pat
         yaml_text.replace('folder: "{{ push-code.folder }}"', "folder: nowhere")
     )
     assert "not fetchable" in refused(root) or "pull steps failed" in refused(root)
+
+
+def test_down_leaves_no_flow_run_process_behind(deployed: Context) -> None:
+    """Last in the module: it stops the module's platform."""
+    out = deploy(deployed, EXTRA, "--pool", "default", "--queue", "default")
+    assert out.returncode == 0, out.stderr
+    run_id = create_run(deployed, "sleepy/sleepy", seconds=600)
+    wait_state(deployed, run_id, {"RUNNING"}, timeout=120)
+    engines = [
+        p
+        for p in psutil.process_iter(["cmdline", "environ"])
+        if "prefect.engine" in " ".join(p.info["cmdline"] or [])
+        and (p.info["environ"] or {}).get("PREFECT__FLOW_RUN_ID") == run_id
+    ]
+    assert engines, "the flow run's own process was not found"
+    assert lifecycle.down(deployed, lambda *_: None)
+    assert not any(p.is_running() and p.status() != "zombie" for p in engines)

@@ -84,7 +84,7 @@ def test_markdown_table_has_value_reference_and_ratio() -> None:
     results = _results()
     text = report.render_markdown(_doc(results), results)
     assert "| Benchmark | Metric | Value | Reference | Ratio | Better | n |" in text
-    assert "| Dispatch latency | run_deployment → Running p50 | 0.400 s | 8.00 s | 0.05x |" in text
+    assert "| Dispatch latency | run_deployment → Running p50 | 0.400 s | 8.00 s | 0.050x |" in text
     assert "runs \\| per minute" in text  # pipes in cells are escaped
     assert "*skipped*: no MLflow" in text
     assert "2 CPUs (Test CPU), 2.0 GiB RAM" in text

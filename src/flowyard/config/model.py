@@ -203,8 +203,9 @@ class RetentionConfig(_Section):
 class HygieneConfig(_Section):
     zombie_heartbeat_seconds: int = Field(
         90,
-        ge=30,
-        description="A running flow run whose heartbeat stops this long is marked Crashed.",
+        ge=60,
+        description="A running flow run whose heartbeat (sent every 30 s) stops this long is "
+        "marked Crashed.",
     )
     late_after_seconds: int = Field(
         15, ge=5, description="A scheduled run this late is marked Late."

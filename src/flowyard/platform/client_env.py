@@ -12,6 +12,8 @@ from pathlib import Path
 from flowyard.services.base import Context
 
 RESULTS_BLOCK_SLUG = "flowyard-results"
+# Prefect's minimum; hygiene.zombie_heartbeat_seconds must leave room for a missed beat or two.
+HEARTBEAT_SECONDS = 30
 
 
 def client_env(ctx: Context, ca_cert: Path | None = None) -> dict[str, str]:
@@ -23,6 +25,8 @@ def client_env(ctx: Context, ca_cert: Path | None = None) -> dict[str, str]:
         "PREFECT_API_AUTH_STRING": ctx.secrets.prefect_auth_string.get_secret_value(),
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": f"s3-bucket/{RESULTS_BLOCK_SLUG}",
+        # Flow runs prove they are alive; the zombie automation crashes those that stop.
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
         "AWS_ACCESS_KEY_ID": ctx.secrets.s3_access_key.get_secret_value(),
         "AWS_SECRET_ACCESS_KEY": ctx.secrets.s3_secret_key.get_secret_value(),
         "AWS_DEFAULT_REGION": cfg.object_store.region,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +116,12 @@ def _prepare_dirs(paths: Paths) -> None:
     paths.run.chmod(0o700)
 
 
+def supervisor_conf_changed(ctx: Context, services: list[Service]) -> bool:
+    path = ctx.paths.supervisor_conf
+    old = path.read_text() if path.exists() else None
+    return old != render_supervisor_conf(services, ctx.paths)
+
+
 def write_supervisor_conf(ctx: Context, services: list[Service]) -> bool:
     """Write the rendered config 0600; True when it changed."""
     path = ctx.paths.supervisor_conf
@@ -128,13 +134,21 @@ def write_supervisor_conf(ctx: Context, services: list[Service]) -> bool:
     return old != text
 
 
-def up(ctx: Context, progress: Progress) -> None:
+def up(ctx: Context, progress: Progress, only: Collection[str] | None = None) -> None:
+    """Start the platform; with `only`, just those services (restore and upgrade use it),
+    and a failure then stops only what this call started."""
     paths = ctx.paths
     _check_home_writable(paths)
     _prepare_dirs(paths)
     services = build_services(ctx)
     sup = Supervisor(paths)
     was_running = sup.running()
+    if only is not None and was_running and supervisor_conf_changed(ctx, services):
+        # Restarting everything would exceed what the caller asked for.
+        raise FlowyardError(
+            "The platform's rendered configuration changed since it started.",
+            fix="Run `flowyard down` then `flowyard up` to apply it.",
+        )
     changed = write_supervisor_conf(ctx, services)
     if was_running and changed:
         # Programs' commands or environments changed: restart cleanly rather than patch.
@@ -144,18 +158,21 @@ def up(ctx: Context, progress: Progress) -> None:
     running = (
         {i["name"] for i in sup.all_info() if i["statename"] == "RUNNING"} if was_running else set()
     )
-    check_ports(ctx, [s for s in services if s.name not in running])
+    targets = [s for s in services if only is None or s.name in only]
+    check_ports(ctx, [s for s in targets if s.name not in running])
     if not was_running:
         # supervisord refuses a config naming a user that does not exist yet.
         for service in services:
             if service.user:
                 ensure_system_user(service.user)
         sup.start()
+    started: list[str] = []
     try:
-        for service in services:
+        for service in targets:
             if service.name in running and service.ready():
                 progress(service.name, "already running")
                 continue
+            started.append(service.name)
             progress(service.name, "preparing")
             if service.prepare:
                 service.prepare()
@@ -173,25 +190,55 @@ def up(ctx: Context, progress: Progress) -> None:
             progress(service.name, "ready")
     except BaseException:
         # Leave nothing half-up: a failed start stops everything it started (data is kept).
-        down(ctx, lambda *_: None)
+        if only is None:
+            down(ctx, lambda *_: None)
+        else:
+            stop_services(ctx, started, lambda *_: None)
         raise
+
+
+def stop_services(ctx: Context, names: Collection[str], progress: Progress) -> None:
+    """Stop some services (in reverse start order), leaving supervisord and the rest up."""
+    sup = Supervisor(ctx.paths)
+    for service in reversed(build_services(ctx)):
+        if service.name in names:
+            progress(service.name, "stopping")
+            sup.stop_process(service.name)
+            progress(service.name, "stopped")
 
 
 def down(ctx: Context, progress: Progress) -> bool:
     """Stop services in reverse order, then supervisord. False when nothing was running."""
     sup = Supervisor(ctx.paths)
-    if sup.pid() is None:
+    pid = sup.pid()
+    if pid is None:
         return False
+    # Prefect starts flow runs in sessions of their own, out of reach of supervisor's group
+    # kill: note every descendant now and make sure none outlives `down`.
+    descendants: list[psutil.Process] = []
+    with contextlib.suppress(psutil.Error):
+        descendants = psutil.Process(pid).children(recursive=True)
     with contextlib.suppress(Exception):
-        names = [s.name for s in build_services(ctx)]
-        for name in reversed(names):
+        for name in reversed([s.name for s in build_services(ctx)]):
             progress(name, "stopping")
             with contextlib.suppress(Exception):
                 sup.stop_process(name)
             progress(name, "stopped")
     sup.shutdown()
+    _reap(descendants)
     ctx.paths.supervisor_socket.unlink(missing_ok=True)
     return True
+
+
+def _reap(processes: list[psutil.Process], grace: float = 10) -> None:
+    alive = [p for p in processes if p.is_running()]
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, still = psutil.wait_procs(alive, timeout=grace)
+    for proc in still:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
 
 
 @dataclass

@@ -96,7 +96,9 @@ def s3_env(ctx: Context) -> dict[str, str]:
     """Server-side S3 access: the server is the only MLflow component that holds S3 keys."""
     store = ctx.config.object_store
     endpoint = (
-        f"http://{LOOPBACK}:{store.s3_port}" if store.kind == "seaweedfs" else store.endpoint_url
+        f"http://{ctx.hosts.object_store}:{store.s3_port}"
+        if store.kind == "seaweedfs"
+        else store.endpoint_url
     )
     assert endpoint is not None  # the config model requires it for external stores
     return {
@@ -136,7 +138,7 @@ def command(ctx: Context) -> list[str]:
         binary("mlflow"),
         "server",
         "--host",
-        LOOPBACK,
+        ctx.hosts.bind,
         "--port",
         str(cfg.mlflow.port),
         "--workers",

@@ -55,6 +55,13 @@ def bin_path(ctx: Context, program: str) -> str:
     return str(install_dir(ctx) / "bin" / program)
 
 
+def client_program(program: str) -> str:
+    """A client program (pg_dump, pg_restore, psql) straight from the wheel: clients run as
+    the invoking user, who can reach the venv even before a home's root-install copy exists
+    (restore checks pg_restore's version before it creates anything)."""
+    return str(_wheel_install() / "bin" / program)
+
+
 def data_dir(ctx: Context) -> Path:
     return ctx.paths.service_data("postgres")
 

@@ -20,8 +20,6 @@ def env(ctx: Context) -> dict[str, str]:
         **client_env(ctx),
         "PREFECT_HOME": str(home),
         "PREFECT_PROFILES_PATH": str(ctx.paths.prefect_profiles),
-        # Heartbeats let the zombie automation mark a run Crashed when its process dies.
-        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
     }
 
 

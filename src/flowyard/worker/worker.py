@@ -11,7 +11,8 @@ What changes:
   fresh interpreters (workspace supervisor, then engine); a custom command, `warm_start:
   false`, or an environment that must be set before the interpreter starts gets Prefect's
   cold path, unchanged;
-- one executor context is shared by all runs instead of one per run (`executors`).
+- one executor context is shared by all runs instead of one per run (`executors`), and the
+  deployment/flow reads Prefect repeats per submission are cached briefly (`reads`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from flowyard.worker.config import FlowyardJobConfiguration, FlowyardVariables
 from flowyard.worker.dispatch import Dispatcher
 from flowyard.worker.events import listen_for_scheduled_runs, scheduled_time
 from flowyard.worker.executors import SharedExecutors
+from flowyard.worker.reads import cache_worker_reads
 from flowyard.worker.starter import ZygoteStarter
 from flowyard.worker.zygotes import ZygotePool, ZygoteUnavailable
 
@@ -103,6 +105,7 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
     # -- lifecycle -----------------------------------------------------------------------
     async def setup(self) -> None:
         await super().setup()
+        cache_worker_reads(self.client)
         self._zygotes = ZygotePool(self._logger)
         # Exit stack is LIFO: runs are stopped (executors) before their zygotes go.
         self._exit_stack.push_async_callback(self._zygotes.close)

@@ -1,0 +1,1 @@
+"""Operations on a platform's data: backup, restore and upgrade."""

@@ -1,0 +1,237 @@
+"""`flowyard restore`: a backup into a fresh FLOWYARD_HOME, checked before anything changes.
+
+Everything that can refuse the restore (checksums, completeness, versions, the restored
+configuration, free ports, the target home) runs first; only then is the home written. The
+databases go into a fresh cluster (initdb with the restored superuser password), and the
+CA is restored byte for byte, so certificates Caddy issues after `flowyard up` chain to the
+root that clients already trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from flowyard.config.load import load_config
+from flowyard.config.model import LOOPBACK
+from flowyard.config.paths import Paths
+from flowyard.config.secrets import Secrets
+from flowyard.errors import FlowyardError
+from flowyard.ops import manifest as mf
+from flowyard.ops.backup import program_version
+from flowyard.ops.progress import Reporter
+from flowyard.platform import lifecycle
+from flowyard.platform.registry import build_services
+from flowyard.platform.supervisor import Supervisor
+from flowyard.services import caddy, postgres, seaweedfs
+from flowyard.services.base import Context
+
+RESTORE_TIMEOUT = 3 * 3600
+# What --force replaces in an existing home; logs/ and backups/ are kept (the backup being
+# restored may well live in backups/).
+REPLACED = ("flowyard.toml", "secrets.toml", "data", "run", "ca", "files")
+
+
+def _installed() -> dict[str, str]:
+    import importlib.metadata
+
+    return {
+        "prefect": importlib.metadata.version("prefect"),
+        "pg_dump": program_version(postgres.client_program("pg_restore")),
+    }
+
+
+def _restored_context(backup: Path, home: Path) -> Context:
+    """The configuration and secrets as they will be, validated from the backup's copies."""
+    try:
+        secrets = Secrets.model_validate(tomllib.loads((backup / mf.SECRETS_FILE).read_text()))
+    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise FlowyardError(
+            f"The backup's secrets.toml is not valid for this Flowyard: {exc}",
+            fix="Nothing was changed. Restore with the Flowyard version that took the backup.",
+        ) from exc
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(backup / mf.CONFIG_FILE, Paths(Path(tmp)).config_file)
+        try:
+            config = load_config(Path(tmp))
+        except FlowyardError as exc:
+            exc.fix = "Nothing was changed. " + (exc.fix or "")
+            raise
+    return Context(config=config.model_copy(update={"home": home}), secrets=secrets)
+
+
+def _check_target(home: Path, backup: Path, force: bool) -> None:
+    if home.exists() and not home.is_dir():
+        raise FlowyardError(f"{home} exists and is not a directory.", fix="Choose another --home.")
+    if not home.exists() or not any(home.iterdir()):
+        return
+    if not force:
+        raise FlowyardError(
+            f"{home} is not empty; a restore goes into a fresh FLOWYARD_HOME.",
+            fix="Choose an empty --home, or add --force to replace its configuration, secrets "
+            "and data (logs/ and backups/ are kept).",
+        )
+    if Supervisor(Paths(home)).pid() is not None:
+        raise FlowyardError(
+            f"The platform at {home} is running.",
+            fix=f"Stop it first: `flowyard down --home {home}`.",
+        )
+    for name in REPLACED:
+        if backup.resolve().is_relative_to((home / name).resolve()):
+            raise FlowyardError(
+                f"The backup is inside {home / name}, which --force would replace.",
+                fix="Move the backup elsewhere first.",
+            )
+
+
+def preflight(backup: Path, home: Path, force: bool) -> tuple[mf.Manifest, Context]:
+    """Every reason to refuse, checked while nothing has been changed yet."""
+    manifest = mf.verify(backup)
+    problems = mf.incompatibilities(manifest, _installed())
+    if problems:
+        raise FlowyardError(
+            f"The backup at {backup} cannot be restored with this installation:\n"
+            + "\n".join(f"  - {p}" for p in problems),
+            fix="Nothing was changed. Install the Flowyard version named in the backup's "
+            "manifest.json (versions), restore, then `flowyard upgrade`.",
+        )
+    _check_target(home, backup, force)
+    ctx = _restored_context(backup, home)
+    missing = [db for db in manifest.databases if db not in postgres.DATABASES]
+    if "mlflow" in manifest.databases and not ctx.config.mlflow.enabled:
+        missing.append("mlflow (mlflow.enabled is false in the restored configuration)")
+    if missing:
+        raise FlowyardError(
+            f"The backup has databases this platform would not create: {', '.join(missing)}.",
+            fix="Nothing was changed. Restore with the Flowyard version that took the backup.",
+        )
+    needed = {"postgres", "seaweedfs"}
+    try:
+        lifecycle.check_ports(ctx, [s for s in build_services(ctx) if s.name in needed])
+    except FlowyardError as exc:
+        # The usual cause: the platform the backup came from still runs on this machine.
+        exc.fix = (
+            "Nothing was changed. Stop what holds them (`flowyard down` for the platform the "
+            "backup came from), or set the FLOWYARD_* variables named above for the restore "
+            "and for `flowyard up`."
+        )
+        raise
+    return manifest, ctx
+
+
+def _clear(home: Path) -> None:
+    for name in REPLACED:
+        path = home / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _put_file(src: Path, dst: Path, mode: int) -> None:
+    dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    os.chmod(dst, mode)
+
+
+def _restore_files(backup: Path, manifest: mf.Manifest, ctx: Context) -> None:
+    paths = ctx.paths
+    paths.home.mkdir(parents=True, exist_ok=True)
+    entries = manifest.files
+    _put_file(backup / mf.CONFIG_FILE, paths.config_file, entries[mf.CONFIG_FILE].mode)
+    # Never wider than 0600, whatever a copied backup's modes became.
+    _put_file(backup / mf.SECRETS_FILE, paths.secrets_file, 0o600)
+    for rel, entry in entries.items():
+        top, _, rest = rel.partition("/")
+        if top == "caddy":
+            _put_file(backup / rel, paths.caddy_data / "caddy" / rest, entry.mode)
+        elif top == "files":
+            _put_file(backup / rel, paths.files / rest, entry.mode)
+    if "caddy" in manifest.components:
+        caddy.export_ca(ctx)
+
+
+def _pg_restore(ctx: Context, database: str, dump: Path) -> None:
+    env = {**os.environ, "PGPASSWORD": ctx.secrets.postgres_superuser_password.get_secret_value()}
+    cmd = [
+        postgres.bin_path(ctx, "pg_restore"),
+        *("-h", LOOPBACK, "-p", str(ctx.config.postgres.port), "-U", postgres.SUPERUSER),
+        # One transaction: a dump that fails halfway leaves the database empty, not half full.
+        *("-d", database, "--exit-on-error", "--single-transaction", "-w", str(dump)),
+    ]
+    try:
+        result = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=RESTORE_TIMEOUT
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise FlowyardError(f"pg_restore of {database} did not finish.") from exc
+    if result.returncode != 0:
+        raise FlowyardError(f"pg_restore of {database} failed: {result.stderr.strip()[-2000:]}")
+
+
+def _restore_bucket(ctx: Context, backup: Path, bucket: str, reporter: Reporter) -> None:
+    index: dict[str, Any] = json.loads((backup / mf.index_path(bucket)).read_text())
+    objects = index["objects"]
+    client: Any = seaweedfs.s3_client(ctx)
+    with reporter.task(f"Bucket {bucket}", total=sum(o["size"] for o in objects)) as task:
+        for obj in objects:
+            extra: dict[str, Any] = {"Metadata": obj.get("metadata") or {}}
+            if obj.get("content_type"):
+                extra["ContentType"] = obj["content_type"]
+            blob = backup / mf.blob_path(bucket, obj["sha256"])
+            client.upload_file(str(blob), bucket, obj["key"], ExtraArgs=extra)
+            task.advance(obj["size"])
+        # Read back what the store now holds: every key, at its size.
+        stored: dict[str, int] = {}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            stored.update({o["Key"]: int(o["Size"]) for o in page.get("Contents", [])})
+        wrong = [o["key"] for o in objects if stored.get(o["key"]) != o["size"]]
+        if wrong:
+            raise FlowyardError(
+                f"Bucket {bucket}: {len(wrong)} objects did not restore: {wrong[:3]}"
+            )
+        task.summary = f"{len(objects)} objects"
+
+
+def restore(
+    backup: Path, home: Path, force: bool = False, reporter: Reporter | None = None
+) -> Context:
+    """Restore `backup` into `home`; the platform is left stopped, ready for `flowyard up`."""
+    reporter = reporter or Reporter()
+    backup, home = backup.absolute(), home.absolute()
+    with reporter.task("Verifying the backup") as task:
+        manifest, ctx = preflight(backup, home, force)
+        task.summary = f"{len(manifest.files)} files, checksums match"
+    if force and home.exists():
+        _clear(home)
+    try:
+        with reporter.task("Configuration, secrets and CA") as task:
+            _restore_files(backup, manifest, ctx)
+            task.summary = "modes kept"
+        with reporter.task("Starting PostgreSQL and the object store") as task:
+            lifecycle.up(ctx, lambda *_: None, only={"postgres", "seaweedfs"})
+        for db in manifest.databases:
+            with reporter.task(f"Database {db}") as task:
+                _pg_restore(ctx, db, backup / mf.dump_path(db))
+                task.summary = "restored"
+        for bucket in manifest.buckets:
+            _restore_bucket(ctx, backup, bucket, reporter)
+    except BaseException as exc:
+        lifecycle.down(ctx, lambda *_: None)
+        if isinstance(exc, FlowyardError):
+            exc.fix = (
+                f"{exc.fix or ''} {home} is partly restored: run the restore again with "
+                "--force once the cause is fixed."
+            ).strip()
+        raise
+    with reporter.task("Stopping PostgreSQL and the object store"):
+        lifecycle.down(ctx, lambda *_: None)
+    return ctx

@@ -1,0 +1,47 @@
+"""`python -m benchmarks --quick` end to end on a real platform; checks the output's shape.
+
+Only the API benchmark (one platform start, a few hundred requests), so it finishes in
+under three minutes even on a busy 2-CPU machine; no assertion is made on any figure.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from benchmarks import report
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_quick_run_writes_valid_results(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "api", "--out", str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        # SIGTERM, not SIGKILL: the benchmark then stops the platform it started.
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=25)
+        pytest.fail(f"quick benchmark did not finish in 150 s:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-4000:]
+    doc = json.loads((tmp_path / "latest.json").read_text())
+    assert report.validate(doc) == []
+    assert doc["quick"] is True
+    assert [b["name"] for b in doc["benchmarks"]] == ["api"]
+    (bench,) = doc["benchmarks"]
+    assert bench["status"] == "ok", bench["notes"]
+    assert all(f["value"] is not None and f["reference"] is not None for f in bench["figures"])
+    assert (tmp_path / "latest.md").read_text() in stdout
+    assert "| Benchmark | Metric | Value | Reference | Ratio |" in stdout
