@@ -84,7 +84,10 @@ def status(
             r.description,
         )
     console.print(table)
-    if not all(r.ready for r in rows):
+    for r in rows:
+        if r.problem:
+            console.print(f"[bold red]{r.name}:[/] {r.problem}")
+    if not all(r.ready and not r.problem for r in rows):
         raise typer.Exit(3)
 
 

@@ -249,6 +249,7 @@ class ServiceStatus:
     pid: int | None
     uptime_seconds: int | None
     ready: bool
+    problem: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return self.__dict__.copy()
@@ -270,6 +271,7 @@ def status(ctx: Context) -> list[ServiceStatus]:
                 pid=info["pid"] if info and running else None,
                 uptime_seconds=(info["now"] - info["start"]) if info and running else None,
                 ready=running and service.ready(),
+                problem=service.problem() if running and service.problem else None,
             )
         )
     return result

@@ -71,6 +71,24 @@ class Service:
     # Runs once the service is ready (databases, buckets, pools); must be idempotent.
     # May return lines worth showing the user.
     bootstrap: Callable[[], list[str] | None] | None = None
+    # Names a condition that breaks the service while its process looks fine (a full disk),
+    # for `flowyard status`; None when there is none.
+    problem: Callable[[], str | None] | None = None
+
+
+def disk_full(path: Path, what: str) -> str | None:
+    """A clear "disk full" for `path`'s filesystem: below 1 % or 32 MB free, whichever is
+    more (SeaweedFS turns its volumes read-only below 1 %, PostgreSQL stops writing at 0)."""
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return None
+    if usage.free >= max(usage.total // 100, 32 << 20):
+        return None
+    return (
+        f"{what}'s disk is full: {usage.free / 1e6:.1f} MB free of {usage.total / 1e9:.2f} GB "
+        f"at {path}; writes fail until space is freed"
+    )
 
 
 def binary(name: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from flowyard.config.model import LOOPBACK
 from flowyard.errors import FlowyardError
-from flowyard.services.base import Context, Service, ensure_system_user
+from flowyard.services.base import Context, Service, disk_full, ensure_system_user
 
 SUPERUSER = "postgres"
 # Databases the platform owns, each with a role of the same name; adding one is one line.
@@ -249,4 +249,5 @@ def service(ctx: Context) -> Service:
         stop_wait=60,
         prepare=lambda: prepare(ctx),
         bootstrap=lambda: bootstrap(ctx),
+        problem=lambda: disk_full(data_dir(ctx), "PostgreSQL"),
     )

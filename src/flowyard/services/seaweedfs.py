@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 
 from flowyard.config.model import GRPC_OFFSET, LOOPBACK
 from flowyard.errors import FlowyardError
-from flowyard.services.base import Context, Service, binary
+from flowyard.services.base import Context, Service, binary, disk_full
 
 
 def data_dir(ctx: Context) -> str:
@@ -156,4 +156,6 @@ def service(ctx: Context) -> Service:
         stop_wait=15,
         prepare=lambda: prepare(ctx),
         bootstrap=lambda: ensure_buckets(ctx),
+        # S3 answers a full disk with a bare "InternalError"; status names the cause.
+        problem=lambda: disk_full(ctx.paths.service_data("seaweedfs"), "the object store"),
     )

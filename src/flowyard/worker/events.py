@@ -6,14 +6,14 @@ pool among the related resources; the webserver's event distributor forwards the
 runs to take is still decided by the pool's ordinary scheduled-runs query, so queue
 priorities and pool/queue concurrency limits stay the server's business. If the stream is
 down, the dispatcher's polling carries on alone, and each reconnect triggers a poll for what
-was missed.
+was missed. (The event does not carry the run's scheduled time: a run scheduled for later
+is picked up by the regular poll, `prefetch_seconds` ahead, as with the stock worker.)
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import anyio
@@ -26,16 +26,6 @@ SCHEDULED_EVENTS = [
     "prefect.flow-run.Late",
     "prefect.flow-run.AwaitingRetry",
 ]
-
-
-def scheduled_time(event: Event) -> datetime | None:
-    """When the run is due, if the event says (a future run needs no poll yet)."""
-    try:
-        state = event.payload.get("validated_state") or {}
-        value = (state.get("state_details") or {}).get("scheduled_time")
-        return datetime.fromisoformat(value) if value else None
-    except (AttributeError, TypeError, ValueError):
-        return None
 
 
 async def listen_for_scheduled_runs(

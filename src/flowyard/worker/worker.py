@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from functools import partial
@@ -44,7 +45,7 @@ from prefect.workers.base import BaseWorker, BaseWorkerResult
 
 from flowyard.worker.config import FlowyardJobConfiguration, FlowyardVariables
 from flowyard.worker.dispatch import Dispatcher
-from flowyard.worker.events import listen_for_scheduled_runs, scheduled_time
+from flowyard.worker.events import listen_for_scheduled_runs
 from flowyard.worker.executors import SharedExecutors
 from flowyard.worker.reads import cache_worker_reads
 from flowyard.worker.starter import ZygoteStarter
@@ -101,11 +102,14 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
         self._zygotes: ZygotePool | None = None
         self._executors: SharedExecutors | None = None
         self._dispatcher: Dispatcher | None = None
+        self._manifests = Path("/nonexistent")
 
     # -- lifecycle -----------------------------------------------------------------------
     async def setup(self) -> None:
         await super().setup()
         cache_worker_reads(self.client)
+        self._manifests = Path(tempfile.mkdtemp(prefix="flowyard-runs-"))
+        self._exit_stack.callback(shutil.rmtree, self._manifests, ignore_errors=True)
         self._zygotes = ZygotePool(self._logger)
         # Exit stack is LIFO: runs are stopped (executors) before their zygotes go.
         self._exit_stack.push_async_callback(self._zygotes.close)
@@ -138,7 +142,6 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
                     self.get_and_submit_flow_runs,
                     interval=PREFECT_WORKER_QUERY_SECONDS.value(),
                     logger=self._logger,
-                    prefetch_seconds=self._prefetch_seconds,
                 )
                 sync_service = partial(
                     critical_service_loop,
@@ -157,7 +160,7 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
         finally:
             stop_client_metrics_server()
             healthcheck.close()
-        printer(f"Worker {worker.name!r} stopped!")
+        printer(f"Worker {self.name!r} stopped!")
 
     async def _listen_for_scheduled_runs(self) -> None:
         # The filter needs the pool's id, known after the first sync with the API.
@@ -168,13 +171,8 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
         )
 
     def _on_scheduled_event(self, event: Event | None) -> None:
-        if self._dispatcher is None:
-            return
-        due = scheduled_time(event) if event is not None else None
-        if due is None:
+        if self._dispatcher is not None:
             self._dispatcher.wake()
-        else:
-            self._dispatcher.wake_at(due)
 
     def _release_limit_slot(self, flow_run_id: UUID) -> None:
         super()._release_limit_slot(flow_run_id)
@@ -206,11 +204,10 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
             if not configuration.working_dir
             else contextlib.nullcontext(str(configuration.working_dir))
         )
-        runtime_dir = tempfile.TemporaryDirectory(prefix="flowyard-run-")
-        with working_dir as workdir, runtime_dir as runtime:
-            starter = self._starter(
-                configuration, Path(workdir).resolve(), Path(runtime) / "workspace.json"
-            )
+        # Where the run records its prepared workspace, for hooks run after it is gone.
+        manifest = self._manifests / f"{flow_run.id}.json"
+        with working_dir as workdir:
+            starter = self._starter(configuration, Path(workdir).resolve(), manifest)
             executor = self._executors.create(flow_run, starter, starter.hook_runner)
             execution = None
 
@@ -229,6 +226,7 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
             finally:
                 await self._executors.release(flow_run.id)
                 starter.close()
+                manifest.unlink(missing_ok=True)
                 self._log_usage(flow_run, starter)
         if execution is None or execution.status_code is None:
             raise RuntimeError("Failed to start flow run process.")
