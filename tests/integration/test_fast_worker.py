@@ -73,6 +73,8 @@ FLOWS = {
                 hog = []
                 while True:
                     hog.append(bytearray(50 * 2**20))
+            if how == "ok-slow":
+                time.sleep(2)
             if how == "sleep":
                 # A grandchild in the run's process group: must not outlive the run.
                 child = subprocess.Popen(["sleep", "600"])
@@ -104,9 +106,12 @@ HELPER = 'import os\nVERSION = "{version}"\nIMPORTED_BY = os.getpid()\n'
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
     home = tmp_path_factory.mktemp("fastworker") / "home"
-    with running_platform(
-        home, pools=[{"name": "default", "type": "flowyard"}], worker={"concurrency": 4}
-    ) as ctx:
+    pool = {
+        "name": "default",
+        "type": "flowyard",
+        "queues": [{"name": "default"}, {"name": "one-at-a-time", "concurrency_limit": 1}],
+    }
+    with running_platform(home, pools=[pool], worker={"concurrency": 4}) as ctx:
         saved = dict(os.environ)
         os.environ.update(client_env(ctx))
         import prefect.context
@@ -136,12 +141,13 @@ def code(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def deploy(platform: Context, code: dict[str, Path]) -> Callable[..., UUID]:
     from prefect import flow
 
-    def _deploy(entrypoint: str, name: str, **job_variables: Any) -> UUID:
+    def _deploy(entrypoint: str, name: str, queue: str = "default", **job_variables: Any) -> UUID:
         env = {"FY_MARKS": str(code["marks"]), **job_variables.pop("env", {})}
         source = flow.from_source(source=str(code["flows"]), entrypoint=entrypoint)
         deployment_id = source.deploy(
             name=name,
             work_pool_name="default",
+            work_queue_name=queue,
             job_variables={"env": env, **job_variables},
             print_next_steps=False,
         )
@@ -232,6 +238,24 @@ def test_runs_are_isolated(deploy: Callable[..., UUID], code: dict[str, Path]) -
         assert run["deployment_env"] == "yes"
         assert Path(run["cwd"]).resolve() == code["flows"].resolve()
     assert first["pid"] != second["pid"]
+
+
+def test_queue_concurrency_limit_is_kept(deploy: Callable[..., UUID]) -> None:
+    """Woken by events, the worker still takes runs through the pool's scheduled-runs query,
+    so the server's queue limits hold: never two runs of this queue at once."""
+    deployment = deploy("behave.py:behave", "one-at-a-time", queue="one-at-a-time")
+    runs = [trigger(deployment, how="ok-slow", seconds=0) for _ in range(3)]
+    most = 0
+    deadline = time.monotonic() + 120
+    with client() as c:
+        while time.monotonic() < deadline:
+            states = [c.read_flow_run(r).state for r in runs]
+            most = max(most, sum(1 for s in states if s.is_running() or s.is_pending()))
+            if all(s.is_final() for s in states):
+                break
+            time.sleep(0.1)
+    assert all(s.is_completed() for s in states), [s.name for s in states]
+    assert most == 1
 
 
 def test_crashes_are_reported_and_the_worker_survives(
