@@ -26,8 +26,11 @@ from flowyard.services.base import Context, port_free
 
 def free_port(used: set[int], with_grpc: bool = False) -> int:
     """A free loopback port (and, for SeaweedFS, a free port + 10000 too)."""
+    # Below Linux's ephemeral range (32768+), where outgoing connections would collide;
+    # SeaweedFS's ports sit low enough that their +10000 gRPC twins stay below it too.
+    low, high = (10000, 21999) if with_grpc else (22000, 32000)
     for _ in range(2000):
-        port = random.randint(20000, 45000)
+        port = random.randint(low, high)
         candidates = [port, port + GRPC_OFFSET] if with_grpc else [port]
         if any(p in used for p in candidates):
             continue

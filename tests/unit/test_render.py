@@ -103,3 +103,15 @@ def test_client_env_is_tls_verified_through_the_proxy(ctx: Context) -> None:
     # A private CA bundle would replace the public roots AWS needs.
     assert "AWS_CA_BUNDLE" not in env
     assert env["AWS_ENDPOINT_URL_S3"] == "https://s3.eu-west-1.amazonaws.com"
+
+
+def test_prefect_profile_matches_client_env(ctx: Context) -> None:
+    import tomllib
+
+    from flowyard.render.prefect_profile import render_profiles
+
+    data = tomllib.loads(render_profiles(ctx))
+    profile = data["profiles"][data["active"]]
+    env = client_env(ctx)
+    assert profile == {k: v for k, v in env.items() if k.startswith("PREFECT_")}
+    assert profile["PREFECT_API_URL"] == "https://localhost:8443/api"

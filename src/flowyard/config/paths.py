@@ -86,7 +86,13 @@ class Paths:
 
     @property
     def prefect_profiles(self) -> Path:
+        """The client profile (`flowyard`) used by the worker and the CLI's children."""
         return self.run / "prefect-profiles.toml"
+
+    @property
+    def prefect_server_profiles(self) -> Path:
+        """An empty profile for server processes, so a user's ~/.prefect never leaks in."""
+        return self.run / "prefect-server-profiles.toml"
 
     def log_file(self, service: str) -> Path:
         return self.logs / f"{service}.log"

@@ -17,6 +17,7 @@ from flowyard.config.secrets import load_secrets
 from flowyard.errors import FlowyardError
 from flowyard.platform.registry import build_services
 from flowyard.platform.supervisor import Supervisor
+from flowyard.render.prefect_profile import render_profiles, render_server_profiles
 from flowyard.render.supervisor import render_supervisor_conf
 from flowyard.services.base import Context, Service, ensure_system_user, port_free
 
@@ -122,15 +123,21 @@ def supervisor_conf_changed(ctx: Context, services: list[Service]) -> bool:
     return old != render_supervisor_conf(services, ctx.paths)
 
 
+def write_private(path: Path, text: str) -> None:
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
 def write_supervisor_conf(ctx: Context, services: list[Service]) -> bool:
-    """Write the rendered config 0600; True when it changed."""
+    """Write the rendered configs 0600; True when supervisord's changed."""
+    write_private(ctx.paths.prefect_profiles, render_profiles(ctx))
+    write_private(ctx.paths.prefect_server_profiles, render_server_profiles())
     path = ctx.paths.supervisor_conf
     text = render_supervisor_conf(services, ctx.paths)
     old = path.read_text() if path.exists() else None
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
     if old != text:
-        path.write_text(text)
+        write_private(path, text)
     return old != text
 
 

@@ -19,6 +19,8 @@ def apply(ctx: Context) -> list[str]:
         # Bootstrap talks to the API on loopback so it works before the proxy is up.
         PREFECT_API_URL=f"http://{LOOPBACK}:{ctx.config.prefect.port}/api",
         FLOWYARD_SETUP_CONFIG=ctx.config.model_dump_json(),
+        # Not the client profile: it names the proxy's CA file, which Caddy has not made yet.
+        PREFECT_PROFILES_PATH=str(ctx.paths.prefect_server_profiles),
     )
     # Plain HTTP on loopback: Caddy (and its CA file) may not exist yet on a first start.
     env.pop("PREFECT_API_SSL_CERT_FILE", None)

@@ -22,7 +22,7 @@ def server_env(ctx: Context) -> dict[str, str]:
     env = {
         "PREFECT_HOME": str(ctx.paths.prefect_home),
         # Keep a user's own ~/.prefect/profiles.toml out of the platform's processes.
-        "PREFECT_PROFILES_PATH": str(ctx.paths.prefect_profiles),
+        "PREFECT_PROFILES_PATH": str(ctx.paths.prefect_server_profiles),
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres.database_url(ctx, "prefect"),
         "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
         "PREFECT_SERVER_API_HOST": ctx.hosts.bind,

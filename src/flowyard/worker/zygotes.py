@@ -59,7 +59,11 @@ class Zygote:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     retired: bool = False
 
-    async def request(self, message: dict[str, Any]) -> tuple[dict[str, Any], ForkConnection]:
+    async def request(
+        self, message: dict[str, Any], timeout: float = 120
+    ) -> tuple[dict[str, Any], ForkConnection]:
+        """Send one request; the first answer. The timeout covers a zygote still importing
+        (seconds) but not one that hangs: that one is retired, and the run starts cold."""
         try:
             reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
         except OSError as exc:
@@ -68,10 +72,12 @@ class Zygote:
         try:
             writer.write(wire.encode(message))
             await writer.drain()
-            reply = await wire.arecv(reader)
-        except (OSError, EOFError) as exc:
+            reply = await asyncio.wait_for(wire.arecv(reader), timeout)
+        except (OSError, EOFError, TimeoutError) as exc:
             conn.close()
-            raise ZygoteUnavailable(f"zygote {self.pid} did not answer: {exc}") from exc
+            if isinstance(exc, TimeoutError):
+                self.retired = True
+            raise ZygoteUnavailable(f"zygote {self.pid} did not answer: {exc!r}") from exc
         return reply, conn
 
 

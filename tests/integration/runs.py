@@ -1,0 +1,107 @@
+"""Flow-run helpers for tests that break the platform on purpose: every API call retries
+through restarts, so a test observes the platform's recovery, not its own impatience."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from flowyard.platform.api import api_client
+from flowyard.services.base import Context
+from flowyard.services.seaweedfs import s3_client
+from tests.integration.conftest import flowyard_cli
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def api(ctx: Context, method: str, path: str, timeout: float = 120, **kwargs: Any) -> Any:
+    """One API call on loopback, retried while the API (or its database) is restarting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with api_client(ctx, timeout=30) as client:
+                response = client.request(method, path, **kwargs)
+            if response.status_code < 500:
+                response.raise_for_status()
+                return response.json() if response.content else None
+            error = f"{response.status_code} {response.text[:200]}"
+        except httpx.TransportError as exc:
+            error = repr(exc)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{method} {path} kept failing for {timeout} s: {error}")
+        time.sleep(1)
+
+
+def deploy(ctx: Context, project: Path) -> list[dict[str, Any]]:
+    out = flowyard_cli(ctx, "deploy", str(project), "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    return list(json.loads(out.stdout))
+
+
+def create_run(ctx: Context, deployment: str, **params: Any) -> str:
+    dep = api(ctx, "GET", f"/deployments/name/{deployment}")
+    run = api(ctx, "POST", f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params})
+    return str(run["id"])
+
+
+def flow_run(ctx: Context, run_id: str) -> dict[str, Any]:
+    return dict(api(ctx, "GET", f"/flow_runs/{run_id}"))
+
+
+def wait_state(ctx: Context, run_id: str, states: set[str], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    run = flow_run(ctx, run_id)
+    while run["state_type"] not in states:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"flow run {run_id} still {run['state_type']} after {timeout} s "
+                f"(wanted {sorted(states)}): {run['state']}"
+            )
+        time.sleep(1)
+        run = flow_run(ctx, run_id)
+    return run
+
+
+def result_value(ctx: Context, run: dict[str, Any]) -> Any:
+    """A Completed run's result, read back from the results bucket."""
+    key = run["state"]["data"]["storage_key"]
+    body = s3_client(ctx).get_object(  # type: ignore[attr-defined]
+        Bucket=ctx.config.object_store.results_bucket, Key=key
+    )["Body"]
+    return pickle.loads(base64.b64decode(body.read()))
+
+
+def events(ctx: Context, resource_prefix: str, name: str | None = None) -> list[dict[str, Any]]:
+    body: dict[str, Any] = {
+        "filter": {"resource": {"id_prefix": [resource_prefix]}, "order": "ASC"},
+        "limit": 50,
+    }
+    if name:
+        body["filter"]["event"] = {"name": [name]}
+    return list(api(ctx, "POST", "/events/filter", json=body)["events"])
+
+
+def run_pids(run_id: str) -> list[int]:
+    """Processes executing a flow run (Prefect passes the run id in their environment)."""
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("PREFECT__FLOW_RUN_ID") == run_id:
+                pids.append(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return pids
+
+
+def cli_ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
