@@ -332,6 +332,27 @@ def test_stale_code_is_never_served(
     assert second["helper_was_warm"], "the replacement warm interpreter imports it too"
 
 
+def test_stopping_the_worker_crashes_its_runs_promptly(
+    platform: Context, deploy: Callable[..., UUID]
+) -> None:
+    """`flowyard down` / supervisor stop: INT, then KILL after stop_wait (20 s)."""
+    deployment = deploy("behave.py:behave", "behave-stop")
+    run_ids = [trigger(deployment, how="sleep", seconds=300) for _ in range(3)]
+    pids = []
+    for run_id in run_ids:
+        running = wait_for(run_id, lambda r: r.state is not None and r.state.is_running())
+        pids.append(int(str(running.infrastructure_pid).rsplit(":", 1)[-1]))
+    supervisor = Supervisor(platform.paths)
+    started = time.monotonic()
+    supervisor.stop_process("worker")
+    assert time.monotonic() - started < 20, "stop took the whole stop_wait"
+    for pid in pids:
+        assert gone(pid, timeout=5)
+    for run_id in run_ids:
+        assert finished(run_id, timeout=60).state.is_crashed()
+    supervisor.start_process("worker")
+
+
 def test_killing_the_worker_crashes_its_runs_and_leaves_no_orphans(
     platform: Context, deploy: Callable[..., UUID], code: dict[str, Path]
 ) -> None:

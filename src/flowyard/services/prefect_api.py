@@ -25,6 +25,10 @@ def server_env(ctx: Context) -> dict[str, str]:
         "PREFECT_PROFILES_PATH": str(ctx.paths.prefect_server_profiles),
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres.database_url(ctx, "prefect"),
         "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
+        # Prefect's default pool (5 + 10 overflow) runs dry at ~50 runs submitted at once and
+        # the API answers 500, crashing runs; two processes x 30 stays within max_connections.
+        "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "15",
+        "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "15",
         "PREFECT_SERVER_API_HOST": ctx.hosts.bind,
         "PREFECT_SERVER_API_PORT": str(cfg.prefect.port),
         "PREFECT_SERVER_API_AUTH_STRING": ctx.secrets.prefect_auth_string.get_secret_value(),

@@ -9,6 +9,7 @@ leaving the per-run context did).
 
 from __future__ import annotations
 
+import contextlib
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -68,7 +69,23 @@ class SharedExecutors:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Any:
+        await self._terminate_all()
         return await self._ctx.__aexit__(exc_type, exc, tb)
+
+    async def _terminate_all(self, grace: float = 10) -> None:
+        """SIGTERM every run at once (each engine reports its run Crashed), then wait.
+
+        Prefect's process manager stops runs one after another, polling each every 3 s:
+        with a few runs that outlasts supervisor's stop timeout. After this it finds them
+        gone (or SIGKILLs what ignored SIGTERM)."""
+        manager = self._ctx.process_manager
+        handles = [h for i in manager.flow_run_ids() if (h := manager.get(i)) is not None]
+        for handle in handles:
+            with contextlib.suppress(OSError):
+                handle.graceful_kill()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
+            while any(h.is_alive() for h in handles):
+                await anyio.sleep(0.2)
 
     @property
     def control_channel(self) -> ControlChannel:

@@ -1,0 +1,356 @@
+"""Issue 7: faults on the real platform, each asserting that no flow run is silently lost.
+
+One platform for the module; faults are injected through supervisor (stop/start, kill -9) as
+an operator or the kernel would. Every run a test starts must end in a state visible through
+the API, and a Completed run must have its result in the object store.
+
+The object store's data directory is a 400 MB tmpfs (root and mount(8) needed, else the
+disk-full test is skipped), so the disk-full test can fill it without touching the host.
+The worker-kill scenario starts in a fixture and is checked by a later test, so Prefect's
+zombie detection (heartbeats every 30 s, 60 s without one) runs while other faults are tested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from flowyard.platform import lifecycle
+from flowyard.platform.client_env import child_env
+from flowyard.platform.supervisor import Supervisor
+from flowyard.services import caddy, prefect_api, seaweedfs
+from flowyard.services.base import Context
+from flowyard.testing import running_platform
+from tests.integration.conftest import flowyard_cli
+from tests.integration.runs import (
+    TERMINAL,
+    api,
+    create_run,
+    deploy,
+    events,
+    flow_run,
+    result_value,
+    run_pids,
+    wait_state,
+)
+
+pytestmark = pytest.mark.timeout(480)
+
+PROJECT = Path(__file__).parent / "projects" / "faults"
+STORE_SIZE = "400m"
+
+
+def _mount_tmpfs(path: Path) -> bool:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={STORE_SIZE},mode=0755", "tmpfs", str(path)],
+        capture_output=True,
+    )
+    return result.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def store_on_tmpfs(homes: Callable[[str], Path]) -> Iterator[tuple[Path, bool]]:
+    home = homes("faults")
+    store = home / "data" / "seaweedfs"
+    store.mkdir(parents=True)
+    mounted = _mount_tmpfs(store)
+    yield home, mounted
+    if mounted and subprocess.run(["umount", str(store)], capture_output=True).returncode:
+        subprocess.run(["umount", "-l", str(store)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def yard(store_on_tmpfs: tuple[Path, bool]) -> Iterator[Context]:
+    home, _ = store_on_tmpfs
+    # Three runs at once: the worker-kill scenario holds two while the others run.
+    with running_platform(
+        home, hygiene={"zombie_heartbeat_seconds": 60}, worker={"concurrency": 3}
+    ) as ctx:
+        names = {d["name"] for d in deploy(ctx, PROJECT)}
+        assert names == {"steady/steady", "retried/retried"}
+        yield ctx
+
+
+def supervisor_pid(ctx: Context, name: str) -> int:
+    return int(Supervisor(ctx.paths).info(name)["pid"])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {timeout} s")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def worker_killed(yard: Context) -> dict[str, Any]:
+    """The local worker dies mid-run (kill -9), and so does one flow run's process.
+
+    Prefect starts each flow run in a session of its own, so a flow-run process outlives a
+    killed worker and finishes its run; the one killed with it (the machine-crash case) can
+    no longer report anything and must be marked Crashed by the zombie automation."""
+    victim = create_run(yard, "retried/retried", seconds=600)
+    survivor = create_run(yard, "steady/steady", seconds=30)
+    for run_id in (victim, survivor):
+        wait_state(yard, run_id, {"RUNNING"}, timeout=240)
+    # The zombie automation arms on a run's first heartbeat: wait until it is recorded.
+    wait_until(
+        lambda: bool(events(yard, f"prefect.flow-run.{victim}", "prefect.flow-run.heartbeat")),
+        timeout=90,
+        what="the victim's first heartbeat",
+    )
+    old_worker = supervisor_pid(yard, "worker")
+    victim_pids = run_pids(victim)
+    assert victim_pids, "no process found for the victim flow run"
+    for pid in [old_worker, *victim_pids]:
+        os.kill(pid, signal.SIGKILL)
+    return {
+        "victim": victim,
+        "survivor": survivor,
+        "old_worker": old_worker,
+        "killed_at": time.monotonic(),
+    }
+
+
+def test_worker_killed_mid_run_is_restarted_and_orphan_runs_finish(
+    yard: Context, worker_killed: dict[str, Any]
+) -> None:
+    # supervisord restarts the worker...
+    wait_until(
+        lambda: (
+            Supervisor(yard.paths).info("worker")["statename"] == "RUNNING"
+            and supervisor_pid(yard, "worker") != worker_killed["old_worker"]
+        ),
+        timeout=60,
+        what="a restarted worker",
+    )
+    # ...and the run whose process survived completes, result stored.
+    run = wait_state(yard, worker_killed["survivor"], TERMINAL, timeout=180)
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert result_value(yard, run) == "x" * 1000
+    # The restarted worker takes new work.
+    fresh = wait_state(yard, create_run(yard, "steady/steady", seconds=0), TERMINAL, 240)
+    assert fresh["state_type"] == "COMPLETED", fresh["state"]
+
+
+def test_prefect_api_kill_9_during_a_run(yard: Context) -> None:
+    run_id = create_run(yard, "steady/steady", seconds=20)
+    wait_state(yard, run_id, {"RUNNING"}, timeout=240)
+    old = supervisor_pid(yard, "prefect-api")
+    os.kill(old, signal.SIGKILL)
+    wait_until(
+        lambda: supervisor_pid(yard, "prefect-api") != old and prefect_api.is_ready(yard),
+        timeout=120,
+        what="the API restarted by supervisord",
+    )
+    # The flow-run process retried its calls through the outage (502s from the proxy).
+    run = wait_state(yard, run_id, TERMINAL, timeout=240)
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert result_value(yard, run) == "x" * 1000
+
+
+def test_caddy_restart_with_open_websockets(yard: Context) -> None:
+    """An events client holds the /api/events/in websocket through Caddy across a restart;
+    a flow run is in flight at the same time. Every event is recorded, the run completes."""
+    resource = f"flowyard.test.{uuid.uuid4()}"
+    client = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(EVENTS_CLIENT), resource],
+        env=child_env(yard),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run_id = create_run(yard, "steady/steady", seconds=15)
+    try:
+        assert client.stdout is not None and client.stdin is not None
+        if client.stdout.readline().strip() != "before-sent":
+            client.kill()
+            raise AssertionError(client.communicate()[1][-3000:])
+        wait_state(yard, run_id, {"RUNNING"}, timeout=240)
+        sup = Supervisor(yard.paths)
+        sup.stop_process("caddy")
+        sup.start_process("caddy")
+        wait_until(lambda: caddy.is_ready(yard), timeout=60, what="Caddy back")
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        out, err = client.communicate(timeout=120)
+        assert client.returncode == 0, err[-3000:]
+        sent = set(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert len(sent) == 6
+    deadline = time.monotonic() + 90
+    while {e["id"] for e in events(yard, resource)} != sent:
+        assert time.monotonic() < deadline, "events sent across the restart were not recorded"
+        time.sleep(2)
+    run = wait_state(yard, run_id, TERMINAL, timeout=240)
+    assert run["state_type"] == "COMPLETED", run["state"]
+
+
+EVENTS_CLIENT = """
+    import asyncio, json, sys
+    from uuid import uuid4
+    from prefect.events import Event
+    from prefect.events.clients import get_events_client
+
+    async def main(resource):
+        ids = []
+        # checkpoint_every=1: each event is confirmed by a ping through the proxy, so an
+        # event written into a connection Caddy already closed is resent after reconnecting.
+        async with get_events_client(reconnection_attempts=30, checkpoint_every=1) as client:
+            async def emit(name):
+                event = Event(event=name, resource={"prefect.resource.id": resource}, id=uuid4())
+                await client.emit(event)
+                ids.append(str(event.id))
+            for _ in range(3):
+                await emit("flowyard.test.before-restart")
+            print("before-sent", flush=True)
+            await asyncio.to_thread(sys.stdin.readline)
+            for _ in range(3):
+                await emit("flowyard.test.after-restart")
+        print(json.dumps(ids), flush=True)
+
+    asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_object_store_restart_during_result_write(yard: Context) -> None:
+    """The store goes away while a run writes its result: the write must be retried until it
+    lands, or the run must fail visibly; never Completed without its result."""
+    run_id = create_run(yard, "steady/steady", seconds=5, size=5000)
+    wait_state(yard, run_id, {"RUNNING"}, timeout=240)
+    sup = Supervisor(yard.paths)
+    sup.stop_process("seaweedfs")
+    time.sleep(20)  # the result write (at 5 s) meets a store that is down
+    sup.start_process("seaweedfs")
+    wait_until(lambda: seaweedfs.is_ready(yard), timeout=60, what="the object store back")
+    run = wait_state(yard, run_id, TERMINAL, timeout=300)
+    if run["state_type"] == "COMPLETED":
+        assert result_value(yard, run) == "x" * 5000
+    else:
+        assert run["state"]["message"], run["state"]
+
+
+def test_postgres_stopped_and_restarted_during_activity(yard: Context) -> None:
+    runs = [create_run(yard, "steady/steady", seconds=3) for _ in range(3)]
+    wait_state(yard, runs[0], {"PENDING", "RUNNING"}, timeout=240)
+    sup = Supervisor(yard.paths)
+    sup.stop_process("postgres")
+    try:
+        # Callers see the outage as an error; nothing pretends to have worked.
+        refused = api_status(yard, "/deployments/name/steady/steady")
+        assert refused >= 500
+        time.sleep(10)
+    finally:
+        sup.start_process("postgres")
+    # Clients retried through the outage (the worker's PREFECT_CLIENT_RETRY_EXTRA_CODES=500):
+    # every run created before it completes, none left Pending.
+    for run_id in runs:
+        run = wait_state(yard, run_id, TERMINAL, timeout=300)
+        assert run["state_type"] == "COMPLETED", (run_id, run["state"])
+
+
+def api_status(ctx: Context, path: str) -> int:
+    from flowyard.platform.api import api_client
+
+    with api_client(ctx) as client:
+        return client.get(path).status_code
+
+
+def test_killed_run_ends_crashed_and_is_not_retried(
+    yard: Context, worker_killed: dict[str, Any]
+) -> None:
+    """Prefect marks the dead run Crashed (the zombie automation, 60 s without heartbeat).
+    Its flow allows a retry, but Prefect retries only Failed runs (RetryFailedFlows acts on
+    RUNNING -> FAILED), never Crashed ones: the run stays Crashed, visible, for a human or an
+    automation to re-run."""
+    left = 60 + 30 + 120 - (time.monotonic() - worker_killed["killed_at"])
+    run = wait_state(yard, worker_killed["victim"], {"CRASHED"}, timeout=max(left, 30))
+    assert "heartbeat" in run["state"]["message"].lower()
+    assert run["empirical_policy"]["retries"] == 1
+    time.sleep(10)
+    again = flow_run(yard, worker_killed["victim"])
+    assert again["state_type"] == "CRASHED" and again["run_count"] == 1, again["state"]
+
+
+def test_down_up_repeated_keeps_everything(yard: Context) -> None:
+    def snapshot() -> dict[str, Any]:
+        runs = api(yard, "POST", "/flow_runs/filter", json={"sort": "ID_DESC", "limit": 200})
+        deployments = api(yard, "POST", "/deployments/filter", json={})
+        return {
+            "runs": {r["id"]: r["state_type"] for r in runs},
+            "deployments": sorted(d["name"] for d in deployments),
+            "results": {
+                r["id"]: result_value(yard, r) for r in runs if r["state_type"] == "COMPLETED"
+            },
+        }
+
+    before = snapshot()
+    assert not {"RUNNING", "PENDING"} & set(before["runs"].values()), before["runs"]
+    assert before["results"]
+    for cycle in range(2):
+        assert lifecycle.down(yard, lambda *_: None)
+        assert not Supervisor(yard.paths).running()
+        lifecycle.up(yard, lambda *_: None)
+        assert snapshot() == before, f"data changed after down/up cycle {cycle + 1}"
+    run = wait_state(yard, create_run(yard, "steady/steady", seconds=0), TERMINAL, 240)
+    assert run["state_type"] == "COMPLETED", run["state"]
+
+
+def test_object_store_disk_full_is_a_clear_error(
+    yard: Context, store_on_tmpfs: tuple[Path, bool]
+) -> None:
+    if not store_on_tmpfs[1]:
+        pytest.skip("needs root and `mount -t tmpfs` to give the object store a small disk")
+    store = yard.paths.service_data("seaweedfs")
+    filler = store / "filler"
+    free = shutil.disk_usage(store).free
+    subprocess.run(["fallocate", "-l", str(free - (256 << 10)), str(filler)], check=True)
+    try:
+        # `flowyard status` names the cause (S3 itself only answers "InternalError").
+        out = flowyard_cli(yard, "status")
+        assert out.returncode == 3, out.stdout + out.stderr
+        assert "the object store's disk is full" in " ".join(out.stdout.split())
+        # A run whose result cannot be stored fails visibly: never Completed without it.
+        run = wait_state(
+            yard, create_run(yard, "steady/steady", seconds=0, size=4_000_000), TERMINAL, 300
+        )
+        assert run["state_type"] in {"FAILED", "CRASHED"}, run["state"]
+    finally:
+        filler.unlink()
+    # Space back: writes work again without a restart.
+    client: Any = seaweedfs.s3_client(yard)
+    bucket = yard.config.object_store.results_bucket
+    wait_until(
+        lambda: _put(client, bucket, "after-full"), timeout=60, what="the store writable again"
+    )
+    assert [s.problem for s in lifecycle.status(yard) if s.name == "seaweedfs"] == [None]
+    assert psutil.pid_exists(supervisor_pid(yard, "seaweedfs"))
+
+
+def _put(client: Any, bucket: str, key: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=b"ok")
+        return True
+    except ClientError:
+        return False
