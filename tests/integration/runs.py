@@ -88,6 +88,11 @@ def events(ctx: Context, resource_prefix: str, name: str | None = None) -> list[
     return list(api(ctx, "POST", "/events/filter", json=body)["events"])
 
 
+def run_logs(ctx: Context, run_id: str) -> list[str]:
+    body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}
+    return [entry["message"] for entry in api(ctx, "POST", "/logs/filter", json=body)]
+
+
 def run_pids(run_id: str) -> list[int]:
     """Processes executing a flow run (Prefect passes the run id in their environment)."""
     import psutil

@@ -21,7 +21,7 @@ from uuid import UUID
 import psutil
 import pytest
 
-from flowyard.platform.client_env import client_env
+from flowyard.platform.client_env import child_env
 from flowyard.platform.supervisor import Supervisor
 from flowyard.services.base import Context
 from flowyard.testing import running_platform
@@ -104,16 +104,20 @@ HELPER = 'import os\nVERSION = "{version}"\nIMPORTED_BY = os.getpid()\n'
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
-    home = tmp_path_factory.mktemp("fastworker") / "home"
+def platform(homes: Callable[[str], Path]) -> Iterator[Context]:
+    """This module's own platform (it kills and stops the worker), its pool typed flowyard.
+
+    The Prefect client calls below run in this process, with the environment a platform
+    client gets (`child_env`), restored afterwards."""
     pool = {
         "name": "default",
         "type": "flowyard",
         "queues": [{"name": "default"}, {"name": "one-at-a-time", "concurrency_limit": 1}],
     }
-    with running_platform(home, pools=[pool], worker={"concurrency": 4}) as ctx:
+    with running_platform(homes("fastworker"), pools=[pool], worker={"concurrency": 4}) as ctx:
         saved = dict(os.environ)
-        os.environ.update(client_env(ctx))
+        os.environ.clear()
+        os.environ.update(child_env(ctx))
         import prefect.context
 
         prefect.context.refresh_global_settings_context()
@@ -126,11 +130,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
 
 
 @pytest.fixture(scope="module")
-def code(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("code")
+def code(homes: Callable[[str], Path]) -> dict[str, Path]:
+    root = homes("fastworker-code")
     flows, lib, marks = root / "flows", root / "lib", root / "marks"
     for d in (flows, lib, marks):
-        d.mkdir()
+        d.mkdir(parents=True)
     for name, text in FLOWS.items():
         (flows / name).write_text(textwrap.dedent(text))
     (lib / "fy_helper.py").write_text(HELPER.format(version="v1"))

@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_readme_config_reference_is_current() -> None:
     text = (ROOT / "README.md").read_text()
-    block = text.split("<!-- config-reference:start -->\n", 1)[1].split("\n<!-- config-reference:end -->")[0]
+    block = text.split("<!-- config-reference:start -->\n", 1)[1].split(
+        "\n<!-- config-reference:end -->"
+    )[0]
     assert block.strip() == markdown().strip(), "run: python -m flowyard.config.reference"
 
 

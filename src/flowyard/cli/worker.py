@@ -26,7 +26,9 @@ def join_file(
     ctx = lifecycle.load_context(resolve_home(home))
     info = JoinInfo.from_platform(ctx, pool or ctx.config.worker.pool)
     info.write(out)
-    console.print(f"[green]Wrote[/] {out} (0600). It grants access to the platform: copy it safely.")
+    console.print(
+        f"[green]Wrote[/] {out} (0600). It grants access to the platform: copy it safely."
+    )
     console.print(
         f"On the worker host: [bold]flowyard worker join {info.url} --pool {info.pool} "
         f"--join-file {out.name}[/]"

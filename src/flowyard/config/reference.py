@@ -25,7 +25,11 @@ def _default(field: Any) -> str:
     if field.default is None:
         return "unset"
     value = field.default
-    return f"`{value!r}`".replace("'", '"') if not isinstance(value, bool) else f"`{str(value).lower()}`"
+    return (
+        f"`{value!r}`".replace("'", '"')
+        if not isinstance(value, bool)
+        else f"`{str(value).lower()}`"
+    )
 
 
 def rows(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:

@@ -154,8 +154,13 @@ def _backup_databases(ctx: Context, root: Path, reporter: Reporter) -> dict[str,
 def _list_objects(client: Any, bucket: str) -> list[dict[str, Any]] | None:
     try:
         client.head_bucket(Bucket=bucket)
-    except ClientError:
-        return None
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+            return None
+        raise FlowyardError(
+            f"The object store refused access to bucket {bucket!r}: {exc}",
+            fix="Check the S3 keys in secrets.toml match the store's.",
+        ) from exc
     objects: list[dict[str, Any]] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         objects += page.get("Contents", [])
@@ -269,6 +274,8 @@ def backup(ctx: Context, to: Path | None = None, reporter: Reporter | None = Non
     _require_running(ctx)
     target = (to or default_dir(ctx)).absolute()
     _prepare_target(target)
+    if to is None:
+        target.parent.chmod(0o700)  # HOME/backups: nobody else needs to list it
     try:
         with _disk_errors(target):
             versions = installed_versions()

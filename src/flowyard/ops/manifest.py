@@ -175,8 +175,9 @@ def _check_indexes(root: Path, manifest: Manifest, problems: list[str]) -> None:
             if not _SHA256.match(digest):
                 problems.append(f"{rel}: object {obj.get('key')!r} has no valid checksum")
                 continue
-            entry = manifest.files.get(blob_path(bucket, digest))
-            if entry is None:
+            blob = blob_path(bucket, digest)
+            entry = manifest.files.get(blob)
+            if entry is None or not (root / blob).is_file():
                 problems.append(f"bucket {bucket}: the contents of {obj.get('key')!r} are missing")
             elif entry.size != obj.get("size"):
                 problems.append(f"bucket {bucket}: {obj.get('key')!r} has the wrong size")

@@ -44,7 +44,8 @@ async def apply_pool(client: PrefectClient, spec: PoolSpec, log: list[str]) -> N
         if pool.type != spec.type:
             raise SystemExit(
                 f"Work pool {spec.name!r} exists with type {pool.type!r}, config says "
-                f"{spec.type!r}. Delete it (`prefect work-pool delete {spec.name}`) or change pools[].type."
+                f"{spec.type!r}. Delete it (`prefect work-pool delete {spec.name}`) or "
+                "change pools[].type."
             )
         await client.update_work_pool(
             spec.name, WorkPoolUpdate(concurrency_limit=spec.concurrency_limit)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from functools import partial
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from prefect.runner._hook_runner import FlowRunHookRunner
     from prefect.runner._process_manager import ProcessHandle
 
+WARM_START_SUPPORTED = sys.platform.startswith("linux")
 # Read by the interpreter before any Python runs, so a fork cannot honour them.
 _STARTUP_ENV_PREFIXES = ("PYTHON", "LD_")
 _STARTUP_ENV_ALLOWED = {"PYTHONPATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
@@ -66,6 +68,8 @@ _STARTUP_ENV_ALLOWED = {"PYTHONPATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECO
 
 def needs_cold_start(config: FlowyardJobConfiguration) -> str | None:
     """Why this run cannot be forked from a warm interpreter, or None if it can."""
+    if not WARM_START_SUPPORTED:
+        return "warm start needs Linux (fork, parent-death signal, pidfd)"
     if config._command_configured:
         return "a custom command is configured"
     if not config.warm_start:
@@ -113,7 +117,8 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
         self._zygotes = ZygotePool(self._logger)
         # Exit stack is LIFO: runs are stopped (executors) before their zygotes go.
         self._exit_stack.push_async_callback(self._zygotes.close)
-        await self._zygotes.start()
+        if WARM_START_SUPPORTED:
+            await self._zygotes.start()
         self._executors = await self._exit_stack.enter_async_context(SharedExecutors())
 
     async def start(

@@ -105,7 +105,8 @@ class ZygotePool:
         self._dir = Path(tempfile.mkdtemp(prefix="flowyard-zygotes-"))
         self._serial = 0
         self._base: Zygote | None = None
-        self._base_process: asyncio.subprocess.Process | None = None
+        # Every base zygote still alive: a replaced one drains its runs before exiting.
+        self._bases: dict[int, asyncio.subprocess.Process] = {}
         self._children: OrderedDict[WarmKey, Zygote] = OrderedDict()
         # Import sets whose zygote had threads after importing: always started cold.
         self._unsafe: dict[WarmKey, str] = {}
@@ -121,11 +122,12 @@ class ZygotePool:
         """Stop every zygote. Their runs were stopped by the worker before this."""
         for zygote in [*self._children.values(), *([self._base] if self._base else [])]:
             zygote.retired = True
+        # Child zygotes (and any run still alive) die with their base: parent-death signal.
+        for pid, process in list(self._bases.items()):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(zygote.pid, signal.SIGKILL)
-        if self._base_process is not None:
+                os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._base_process.wait(), 5)
+                await asyncio.wait_for(process.wait(), 5)
         for task in list(self._tasks):
             task.cancel()
         for path in self._dir.iterdir():
@@ -168,13 +170,15 @@ class ZygotePool:
         finally:
             listener.close()
         zygote = Zygote(WarmKey(), path, process.pid)
-        self._base, self._base_process = zygote, process
+        self._base = zygote
+        self._bases[process.pid] = process
         self._watch(self._wait_process(zygote, process))
         self._logger.info("Started warm interpreter (zygote) pid %s", process.pid)
         return zygote
 
     async def _wait_process(self, zygote: Zygote, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
+        self._bases.pop(process.pid, None)
         zygote.exited.set()
         if not zygote.retired:
             self._logger.warning("Zygote %s exited unexpectedly (%s)", zygote.pid, code)
