@@ -178,7 +178,9 @@ def test_upgrade_migrates_restarts_and_resumes_exactly_the_active_schedules(
         "--migration-timeout", "300",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert f"{PREVIOUS_REVISION} -> {HEAD_REVISION} (1 migrations)" in result.output
+    assert f"{PREVIOUS_REVISION} -> {HEAD_REVISION} (1 migration)" in " ".join(
+        result.output.split()
+    )
     assert postgres.psql(ctx, "SELECT version_num FROM alembic_version", "prefect") == (
         HEAD_REVISION
     )
@@ -244,6 +246,7 @@ def test_backup_restore_roundtrip(
     assert any(k.startswith("caddy/pki/authorities/local/root") for k in manifest.files)
 
     old_ca = homes("old-ca").parent / "root.crt"
+    old_ca.parent.mkdir(parents=True)
     shutil.copy(ctx.paths.ca_cert, old_ca)
     deployments = sorted(d["name"] for d in api(ctx, "POST", "/deployments/filter", json={}))
     history = {

@@ -144,7 +144,8 @@ def upgrade(
         )
     console.print(
         f"\n[bold green]Upgraded[/] in {time.monotonic() - started:.1f} s: Prefect's database "
-        f"{outcome.before} -> {outcome.after} ({outcome.migrations} migrations)."
+        f"{outcome.before} -> {outcome.after} "
+        f"({outcome.migrations} migration{'' if outcome.migrations == 1 else 's'})."
     )
     if outcome.backup:
         console.print(f"  Backup taken before: {outcome.backup}")

@@ -83,8 +83,8 @@ def _require_running(ctx: Context) -> None:
         missing.append("seaweedfs")
     if missing:
         raise FlowyardError(
-            f"A backup is taken from the running platform, and {', '.join(missing)} "
-            "is not running.",
+            f"A backup is taken from the running platform, and {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not running.",
             fix="Start it with `flowyard up`, then run `flowyard backup` again.",
         )
 

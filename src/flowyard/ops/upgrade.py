@@ -111,8 +111,8 @@ def check(ctx: Context) -> Plan:
     if not prefect_api.is_ready(ctx):
         raise FlowyardError(
             "`flowyard upgrade` works on the running platform, and Prefect's API is not up.",
-            fix="Start it with `flowyard up` (which also migrates, without pausing schedules "
-            "or taking a backup), or `flowyard backup` first.",
+            fix="Start it with `flowyard up`, then run `flowyard upgrade`. (With a newer "
+            "Prefect installed, `up` alone migrates too, but without a backup first.)",
         )
     graph = migration_graph()
     (head,) = heads(graph)
