@@ -9,6 +9,7 @@ cleanup when the worker itself is killed. Speed is the benchmark's business, not
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import textwrap
@@ -248,18 +249,18 @@ def test_queue_concurrency_limit_is_kept(deploy: Callable[..., UUID]) -> None:
     """Woken by events, the worker still takes runs through the pool's scheduled-runs query,
     so the server's queue limits hold: never two runs of this queue at once."""
     deployment = deploy("behave.py:behave", "one-at-a-time", queue="one-at-a-time")
-    runs = [trigger(deployment, how="ok-slow", seconds=0) for _ in range(3)]
-    most = 0
-    deadline = time.monotonic() + 120
+    runs = [trigger(deployment, how="ok-slow") for _ in range(4)]
+    intervals = []
     with client() as c:
-        while time.monotonic() < deadline:
-            states = [c.read_flow_run(r).state for r in runs]
-            most = max(most, sum(1 for s in states if s.is_running() or s.is_pending()))
-            if all(s.is_final() for s in states):
-                break
-            time.sleep(0.1)
-    assert all(s.is_completed() for s in states), [s.name for s in states]
-    assert most == 1
+        for run_id in runs:
+            assert finished(run_id, timeout=120).state.is_completed()
+            # From taken (Pending) to final, by the server's own state timestamps.
+            states = c.read_flow_run_states(run_id)
+            taken = min(s.timestamp for s in states if s.type.value == "PENDING")
+            intervals.append((taken, max(s.timestamp for s in states)))
+    intervals.sort()
+    for (_, end_first), (start_next, _) in itertools.pairwise(intervals):
+        assert start_next >= end_first, "two runs of a limit-1 queue overlapped"
 
 
 def test_crashes_are_reported_and_the_worker_survives(

@@ -115,7 +115,13 @@ def check(ctx: Context) -> Plan:
             "Prefect installed, `up` alone migrates too, but without a backup first.)",
         )
     graph = migration_graph()
-    (head,) = heads(graph)
+    tips = heads(graph)
+    if len(tips) != 1:
+        raise FlowyardError(
+            f"The installed Prefect's migrations have {len(tips)} heads ({tips}), not one.",
+            fix="Reinstall Flowyard (`pip install -e .`); its Prefect installation is damaged.",
+        )
+    head = tips[0]
     current = alembic_revision(ctx, "prefect")
     installed = importlib.metadata.version("prefect")
     if current is not None and current not in graph:

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from uuid import UUID
 
     from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.responses import WorkerFlowRunResponse
     from prefect.runner._flow_run_executor import ProcessStarter
     from prefect.runner._hook_runner import FlowRunHookRunner
     from prefect.runner._process_manager import ProcessHandle
@@ -107,6 +108,10 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
         self._executors: SharedExecutors | None = None
         self._dispatcher: Dispatcher | None = None
         self._manifests = Path("/nonexistent")
+        # Runs a poll handed us that are not yet Pending on the server (see _poll).
+        self._taking: set[UUID] = set()
+        self._taken = anyio.Event()
+        self._taken.set()
 
     # -- lifecycle -----------------------------------------------------------------------
     async def setup(self) -> None:
@@ -144,7 +149,7 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
                 )
             async with self as worker:
                 self._dispatcher = Dispatcher(
-                    self.get_and_submit_flow_runs,
+                    self._poll,
                     interval=PREFECT_WORKER_QUERY_SECONDS.value(),
                     logger=self._logger,
                 )
@@ -178,6 +183,52 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
     def _on_scheduled_event(self, event: Event | None) -> None:
         if self._dispatcher is not None:
             self._dispatcher.wake()
+
+    async def _poll(self) -> list[FlowRun]:
+        """One scheduled-runs query, but never while runs from the previous one are still
+        on their way to Pending: the server counts Pending and Running runs against queue
+        and pool concurrency limits, so a query in that window would hand out the same
+        slot twice. (A stock worker polls every 10 s and almost never hits the window;
+        an event-driven one would, in every burst.)"""
+        if not self._taken.is_set():
+            started = anyio.current_time()
+            with anyio.move_on_after(30):
+                await self._taken.wait()
+            self._logger.debug(
+                "Poll waited %.3f s for %d run(s) to become Pending",
+                anyio.current_time() - started,
+                len(self._taking),
+            )
+        return await self.get_and_submit_flow_runs()
+
+    async def _submit_scheduled_flow_runs(
+        self, flow_run_response: list[WorkerFlowRunResponse]
+    ) -> list[FlowRun]:
+        already = set(self._submitting_flow_run_ids)
+        submitted = await super()._submit_scheduled_flow_runs(flow_run_response)
+        # The new ones' submission tasks have not run yet (started, not yet scheduled).
+        self._taking.update(run.id for run in submitted if run.id not in already)
+        if self._taking:
+            self._taken = anyio.Event()
+        return submitted
+
+    def _taken_or_dropped(self, flow_run_id: UUID) -> None:
+        self._taking.discard(flow_run_id)
+        if not self._taking:
+            self._taken.set()
+
+    async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
+        try:
+            return await super()._propose_pending_state(flow_run)
+        finally:
+            self._taken_or_dropped(flow_run.id)
+
+    async def _submit_run(self, flow_run: FlowRun) -> None:
+        try:
+            await super()._submit_run(flow_run)
+        finally:
+            # Paths that return before proposing Pending (deployment deleted, errors).
+            self._taken_or_dropped(flow_run.id)
 
     def _release_limit_slot(self, flow_run_id: UUID) -> None:
         super()._release_limit_slot(flow_run_id)
