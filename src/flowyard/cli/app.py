@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flowyard.cli import apply, deploy, env, init, platform_cmds, render, worker
+from flowyard.cli import apply, deploy, env, init, ops, platform_cmds, render, worker
 
 app = typer.Typer(
     name="flowyard",
@@ -22,6 +22,9 @@ app.command()(env.env)
 app.command()(apply.apply)
 app.command()(deploy.deploy)
 app.command()(deploy.run)
+app.command()(ops.backup)
+app.command()(ops.restore)
+app.command()(ops.upgrade)
 app.add_typer(worker.app, name="worker")
 app.add_typer(render.app, name="render")
 
