@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -389,3 +390,5 @@ def test_killing_the_worker_crashes_its_runs_and_leaves_no_orphans(
         time.sleep(1)
     ok = deploy("behave.py:behave", "behave-after")
     assert result(finished(trigger(ok), timeout=120))["pid"] > 0
+    # The new worker removed the dead one's scratch directory (sockets, manifests).
+    assert not (Path(tempfile.gettempdir()) / f"flowyard-worker-{worker}").exists()

@@ -44,6 +44,7 @@ from prefect.utilities.services import (
 )
 from prefect.workers.base import BaseWorker, BaseWorkerResult
 
+from flowyard.worker import rundir
 from flowyard.worker.config import FlowyardJobConfiguration, FlowyardVariables
 from flowyard.worker.dispatch import Dispatcher
 from flowyard.worker.events import listen_for_scheduled_runs
@@ -117,9 +118,11 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
     async def setup(self) -> None:
         await super().setup()
         cache_worker_reads(self.client)
-        self._manifests = Path(tempfile.mkdtemp(prefix="flowyard-runs-"))
-        self._exit_stack.callback(shutil.rmtree, self._manifests, ignore_errors=True)
-        self._zygotes = ZygotePool(self._logger)
+        scratch = rundir.create()
+        self._exit_stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+        self._manifests = scratch / "runs"
+        self._manifests.mkdir()
+        self._zygotes = ZygotePool(self._logger, scratch / "zygotes")
         # Exit stack is LIFO: runs are stopped (executors) before their zygotes go.
         self._exit_stack.push_async_callback(self._zygotes.close)
         if WARM_START_SUPPORTED:

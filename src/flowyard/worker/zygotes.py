@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -95,14 +94,16 @@ class ZygotePool:
     def __init__(
         self,
         logger: logging.Logger | logging.LoggerAdapter[Any],
+        socket_dir: Path,
         extra_imports: tuple[str, ...] = DEFAULT_EXTRA_IMPORTS,
         max_zygotes: int = 4,
     ) -> None:
         self._logger = logger
         self._extra_imports = extra_imports
         self._max_children = max_zygotes
-        # Unix socket paths are limited to ~100 bytes: keep them in a short private dir.
-        self._dir = Path(tempfile.mkdtemp(prefix="flowyard-zygotes-"))
+        # Unix socket paths are limited to ~100 bytes: a short private dir (see rundir).
+        self._dir = socket_dir
+        self._dir.mkdir(mode=0o700, exist_ok=True)
         self._serial = 0
         self._base: Zygote | None = None
         # Every base zygote still alive: a replaced one drains its runs before exiting.
@@ -130,10 +131,6 @@ class ZygotePool:
                 await asyncio.wait_for(process.wait(), 5)
         for task in list(self._tasks):
             task.cancel()
-        for path in self._dir.iterdir():
-            path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self._dir.rmdir()
 
     def _socket_path(self) -> Path:
         self._serial += 1
