@@ -36,7 +36,9 @@ def _no_tracking_server(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-@pytest.fixture(scope="session")
+# Module scope: the harness overrides PREFECT_API_URL while it is open, which must not
+# outlive these tests when they share a pytest session with the platform's.
+@pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     # Keep persisted results out of ~/.prefect.
     storage = tmp_path_factory.mktemp("results")
