@@ -7,6 +7,7 @@ them in order, so there is one definition per service and nothing else starts pr
 
 from __future__ import annotations
 
+import os
 import pwd
 import shutil
 import socket
@@ -144,3 +145,23 @@ def ensure_system_user(name: str) -> pwd.struct_passwd:
             "to an existing unprivileged user.",
         ) from exc
     return pwd.getpwnam(name)
+
+
+def run_migration(what: str, argv: list[str], env: dict[str, str], timeout: int) -> str | None:
+    """Run a schema migration with a timeout; None when it succeeded, else its output's tail.
+
+    Both Prefect's and MLflow's migrations go through here, so a hung one is always stopped
+    and named the same way; the caller words the failure, which differs per schema.
+    """
+    try:
+        result = subprocess.run(
+            argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise FlowyardError(
+            f"{what} did not finish in {timeout} s.",
+            fix="Raise prefect.migration_timeout, or check `flowyard logs postgres` for locks.",
+        ) from exc
+    if result.returncode == 0:
+        return None
+    return "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])

@@ -21,7 +21,7 @@ import httpx
 from flowyard.config.model import LOOPBACK
 from flowyard.errors import FlowyardError
 from flowyard.services import postgres
-from flowyard.services.base import Context, Service, binary
+from flowyard.services.base import Context, Service, binary, run_migration
 
 PREFIX = "/mlflow"
 ADMIN_USER = "admin"
@@ -170,22 +170,13 @@ _MIGRATE = (
 
 def migrate(ctx: Context) -> None:
     """Create or upgrade the tracking schema before the server starts (it refuses an old one)."""
-    timeout = ctx.config.prefect.migration_timeout
-    try:
-        result = subprocess.run(
-            [sys.executable, "-c", _MIGRATE],
-            env={**os.environ, **server_env(ctx)},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise FlowyardError(
-            f"MLflow's database migration did not finish in {timeout} s.",
-            fix="Raise prefect.migration_timeout, or check `flowyard logs postgres` for locks.",
-        ) from exc
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+    tail = run_migration(
+        "MLflow's database migration",
+        [sys.executable, "-c", _MIGRATE],
+        server_env(ctx),
+        ctx.config.prefect.migration_timeout,
+    )
+    if tail is not None:
         raise FlowyardError(
             f"MLflow's database migration failed:\n{tail}",
             fix="Read the output above; restore a backup if the schema was left half-migrated.",

@@ -3,16 +3,13 @@ background-services process. Migrations run explicitly before it starts, never o
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import httpx
 
 from flowyard.config.model import LOOPBACK
 from flowyard.errors import FlowyardError
 from flowyard.platform import setup
 from flowyard.services import postgres, redis
-from flowyard.services.base import Context, Service, binary
+from flowyard.services.base import Context, Service, binary, run_migration
 
 
 def server_env(ctx: Context) -> dict[str, str]:
@@ -54,22 +51,13 @@ def server_env(ctx: Context) -> dict[str, str]:
 
 def migrate(ctx: Context) -> None:
     """Apply Prefect's migrations with a timeout, before any server process starts."""
-    timeout = ctx.config.prefect.migration_timeout
-    try:
-        result = subprocess.run(
-            [binary("prefect"), "server", "database", "upgrade", "--yes"],
-            env={**os.environ, **server_env(ctx)},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise FlowyardError(
-            f"Prefect's database migration did not finish in {timeout} s.",
-            fix="Raise prefect.migration_timeout, or check `flowyard logs postgres` for locks.",
-        ) from exc
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+    tail = run_migration(
+        "Prefect's database migration",
+        [binary("prefect"), "server", "database", "upgrade", "--yes"],
+        server_env(ctx),
+        ctx.config.prefect.migration_timeout,
+    )
+    if tail is not None:
         hint = (
             "The database was migrated by a newer Prefect than this one; install the Flowyard "
             "version that wrote it, or restore a backup taken before the upgrade."
