@@ -12,7 +12,6 @@ while.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
@@ -20,16 +19,14 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from benchmarks import procs
 from benchmarks.harness import BenchEnv, say
 from benchmarks.memory import MiB, platform_pss
 from benchmarks.report import BenchResult, Figure
 from benchmarks.stock import StockPrefect
 from flowyard.platform import lifecycle
-from flowyard.services.base import Context, binary
-from flowyard.testing import init_home, platform_pids
+from flowyard.services.base import binary
+from flowyard.testing import init_home, stop_platform
 
 READY_LINE = re.compile(r"✓\s+(\S+)\s+(ready|already running)")
 
@@ -64,19 +61,6 @@ def cli(home: Path, command: str, timeout: float) -> tuple[float, dict[str, floa
     if code != 0:
         raise RuntimeError(f"`flowyard {command}` failed ({code}):\n{output[-3000:]}")
     return seconds, ready, output
-
-
-def stop_platform(ctx: Context) -> None:
-    """`flowyard down`, then make sure every process it had is gone (as testing.py does)."""
-    pids = platform_pids(ctx)
-    lifecycle.down(ctx, lambda *_: None)
-    for pid in pids:
-        try:
-            psutil.Process(pid).wait(timeout=30)
-        except psutil.NoSuchProcess:
-            pass
-        except psutil.TimeoutExpired:
-            os.kill(pid, 9)
 
 
 def _flowyard(env: BenchEnv, timed: bool, memory: bool, out: dict[str, Any]) -> None:

@@ -108,12 +108,17 @@ def running_platform(home: Path, **overrides: Any) -> Iterator[Context]:
         pids = platform_pids(ctx)
         yield ctx
     finally:
-        pids |= platform_pids(ctx)
-        lifecycle.down(ctx, lambda *_: None)
-        for pid in pids:
-            try:
-                psutil.Process(pid).wait(timeout=30)
-            except psutil.NoSuchProcess:
-                pass
-            except psutil.TimeoutExpired:
-                os.kill(pid, 9)
+        stop_platform(ctx, pids)
+
+
+def stop_platform(ctx: Context, known_pids: set[int] | None = None) -> None:
+    """`flowyard down`, then make sure every process it had (and any known before) is gone."""
+    pids = platform_pids(ctx) | (known_pids or set())
+    lifecycle.down(ctx, lambda *_: None)
+    for pid in pids:
+        try:
+            psutil.Process(pid).wait(timeout=30)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            os.kill(pid, 9)
