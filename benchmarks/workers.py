@@ -1,12 +1,11 @@
 """The worker kinds the dispatch and throughput benchmarks compare, and running one.
 
 - `platform`: the worker exactly as Flowyard runs it (`flowyard.services.worker`), pointed
-  at a benchmark pool. Whatever the platform ships, this measures: today Prefect's process
-  worker with the platform's settings, and the fast worker once the default pool uses it.
+  at a benchmark pool of the default pool's type: whatever the platform ships, this
+  measures (the fast `flowyard` worker since the default pool uses it).
 - `process`: stock `prefect worker start --type process`, Prefect's defaults (10 s poll).
 - `flowyard`: `prefect worker start --type flowyard`, the fast worker (issue 8) by its
-  Prefect worker type, usable as soon as the type is registered even before the platform
-  switches to it.
+  Prefect worker type, in the platform worker's environment.
 - `auto` (default candidate): `flowyard` when that type is registered, else `platform`.
 
 Each kind runs with its own defaults unless `--worker-limit` forces one `--limit` on both:
@@ -27,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks import procs
-from flowyard.config.model import WorkerConfig, default_pools
+from flowyard.config.model import DEFAULT_POOL_TYPE, WorkerConfig, default_pools
 from flowyard.platform.api import api_client
 from flowyard.platform.client_env import client_env
 from flowyard.platform.lifecycle import tail
@@ -55,7 +54,7 @@ class WorkerKind:
 def platform_pool_type() -> str:
     """The worker type of the pool the platform's own worker serves, by default."""
     pool = WorkerConfig.model_fields["pool"].default
-    return next(p.type for p in default_pools() if p.name == pool)
+    return next(p.type or DEFAULT_POOL_TYPE for p in default_pools() if p.name == pool)
 
 
 def flowyard_type_registered() -> bool:
@@ -76,18 +75,13 @@ def resolve(key: str) -> WorkerKind:
         if not flowyard_type_registered():
             raise SystemExit(
                 "Worker kind 'flowyard' asked for, but no Prefect worker type 'flowyard' is "
-                "registered (issue 8 not landed?). Use --candidate platform or process."
+                "registered (is flowyard installed in this environment?). Use --candidate process."
             )
         label = "flowyard worker (type flowyard, the platform's worker environment)"
         return WorkerKind("flowyard", "flowyard", label, platform_limit)
     if key == "platform":
         pool_type = platform_pool_type()
         label = f"platform worker (flowyard.services.worker, type {pool_type})"
-        if pool_type == "process":
-            label += (
-                " - today this is Prefect's process worker as the platform runs it; the "
-                "flowyard worker (issue 8) is not its default yet"
-            )
         return WorkerKind("platform", pool_type, label, platform_limit)
     raise SystemExit(f"unknown worker kind {key!r}; choose from {', '.join(KINDS)}")
 

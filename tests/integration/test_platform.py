@@ -220,6 +220,35 @@ def test_status_json_and_up_twice_is_harmless(platform: Context) -> None:
     assert '"ready": false' not in result.stdout
 
 
+def test_default_pool_is_the_fast_worker_and_existing_pools_keep_their_type(
+    platform: Context,
+) -> None:
+    from flowyard.config.model import PoolSpec
+    from flowyard.errors import FlowyardError
+    from flowyard.platform import setup
+    from flowyard.platform.api import api_client
+
+    with api_client(platform) as api:
+        assert api.get(f"/work_pools/{platform.config.worker.pool}").json()["type"] == "flowyard"
+        # A pool made before the fast worker was the default (Prefect cannot change a type).
+        made = api.post("/work_pools/", json={"name": "legacy", "type": "process"})
+        assert made.status_code == 201, made.text
+
+    def apply_with(spec: PoolSpec) -> list[str]:
+        config = platform.config.model_copy(update={"pools": [*platform.config.pools, spec]})
+        return setup.apply(Context(config=config, secrets=platform.secrets))
+
+    # Type unset: the pool is kept as it is, and the log says so.
+    assert "work pool legacy: updated, kept type 'process'" in apply_with(PoolSpec(name="legacy"))
+    # Type set to something else: refused, naming both types and the way out; nothing changed.
+    with pytest.raises(FlowyardError, match="cannot change") as refused:
+        apply_with(PoolSpec(name="legacy", type="flowyard"))
+    assert "'process'" in str(refused.value) and "pools[].type" in str(refused.value)
+    with api_client(platform) as api:
+        assert api.get("/work_pools/legacy").json()["type"] == "process"
+        api.delete("/work_pools/legacy").raise_for_status()
+
+
 def test_port_taken_names_port_and_setting(homes: Callable[[str], Path]) -> None:
     from flowyard.errors import FlowyardError
     from flowyard.testing import init_home

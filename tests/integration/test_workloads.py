@@ -179,6 +179,10 @@ def test_run_on_demand_completes_with_result_in_s3(deployed: Context) -> None:
     assert outcome["state"] == "COMPLETED"
     assert outcome["result"]["metrics"]["accuracy"] > 0.9
     run = flow_run(deployed, outcome["flow_run_id"])
+    # Run by the platform's own worker, which is the fast `flowyard` type (issue 8).
+    assert run["work_pool_name"] == "default"
+    with api_client(deployed) as api:
+        assert api.get("/work_pools/default").json()["type"] == "flowyard"
     key = run["state"]["data"]["storage_key"]
     from flowyard.services.seaweedfs import s3_client
 

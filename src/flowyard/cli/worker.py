@@ -43,7 +43,9 @@ def join(
     pool: str | None = typer.Option(None, "--pool", help="Work pool (default: from file)."),
     name: str | None = typer.Option(None, "--name", help="Worker name."),
     limit: int | None = typer.Option(None, "--limit", help="Flow runs at once."),
-    worker_type: str = typer.Option("process", "--type", help="Prefect worker type."),
+    worker_type: str | None = typer.Option(
+        None, "--type", help="Prefect worker type (default: the pool's own type)."
+    ),
     home: Path = typer.Option(
         Path.home() / ".flowyard-worker", "--home", envvar="FLOWYARD_WORKER_HOME"
     ),
@@ -66,8 +68,9 @@ def join(
         "start",
         "--pool",
         info.pool,
-        "--type",
-        worker_type,
+        # Without --type Prefect starts the pool's own type (for Flowyard's pools, the fast
+        # `flowyard` worker this package registers).
+        *(["--type", worker_type] if worker_type else []),
         "--name",
         name or default_worker_name(),
         *(["--limit", str(limit)] if limit else []),

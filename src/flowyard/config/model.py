@@ -166,9 +166,17 @@ class QueueSpec(_Section):
     concurrency_limit: int | None = Field(None, ge=0, description="Runs at once from this queue.")
 
 
+# The fast worker this package registers (flowyard.worker); Prefect's own types work too.
+DEFAULT_POOL_TYPE = "flowyard"
+
+
 class PoolSpec(_Section):
     name: Slug = Field(description="Work pool name.")
-    type: str = Field("process", description="Prefect worker type (process, kubernetes, ...).")
+    type: str | None = Field(
+        None,
+        description="Prefect worker type: flowyard (warm start, no poll wait), process, "
+        "kubernetes, ... Unset: flowyard for a new pool; an existing pool keeps its type.",
+    )
     concurrency_limit: int | None = Field(None, ge=0, description="Runs at once in the pool.")
     queues: list[QueueSpec] = Field(
         default_factory=lambda: [QueueSpec(name="default")], description="The pool's queues."

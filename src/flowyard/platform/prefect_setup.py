@@ -24,7 +24,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
 
-from flowyard.config.model import FlowyardConfig, GlobalLimitSpec, PoolSpec
+from flowyard.config.model import DEFAULT_POOL_TYPE, FlowyardConfig, GlobalLimitSpec, PoolSpec
 
 
 def save_results_block(slug: str, bucket: str) -> None:
@@ -41,32 +41,37 @@ def save_results_block(slug: str, bucket: str) -> None:
 async def apply_pool(client: PrefectClient, spec: PoolSpec, log: list[str]) -> None:
     try:
         pool = await client.read_work_pool(spec.name)
-        if pool.type != spec.type:
+        if spec.type and pool.type != spec.type:
             raise SystemExit(
                 f"Work pool {spec.name!r} exists with type {pool.type!r}, config says "
-                f"{spec.type!r}. Delete it (`prefect work-pool delete {spec.name}`) or "
-                "change pools[].type."
+                f"{spec.type!r}. A pool's type cannot change: create a new pool of type "
+                f"{spec.type!r} and move the deployments to it, or set pools[].type = "
+                f"{pool.type!r}."
             )
         await client.update_work_pool(
             spec.name, WorkPoolUpdate(concurrency_limit=spec.concurrency_limit)
         )
-        log.append(f"work pool {spec.name}: updated")
+        # type unset: a pool made before the fast worker became the default keeps its type
+        # (Prefect cannot change it, and recreating the pool would drop its queues).
+        kept = f", kept type {pool.type!r}" if pool.type != (spec.type or DEFAULT_POOL_TYPE) else ""
+        log.append(f"work pool {spec.name}: updated{kept}")
     except ObjectNotFound:
-        template = await get_default_base_job_template_for_infrastructure_type(spec.type)
+        kind = spec.type or DEFAULT_POOL_TYPE
+        template = await get_default_base_job_template_for_infrastructure_type(kind)
         if template is None:
             raise SystemExit(
-                f"Unknown worker type {spec.type!r} for pool {spec.name!r}: install its Prefect "
-                "integration (e.g. prefect-kubernetes) or use type 'process'."
+                f"Unknown worker type {kind!r} for pool {spec.name!r}: install its Prefect "
+                "integration (e.g. prefect-kubernetes) or use type 'flowyard' or 'process'."
             ) from None
         await client.create_work_pool(
             WorkPoolCreate(
                 name=spec.name,
-                type=spec.type,
+                type=kind,
                 base_job_template=template,
                 concurrency_limit=spec.concurrency_limit,
             )
         )
-        log.append(f"work pool {spec.name}: created ({spec.type})")
+        log.append(f"work pool {spec.name}: created ({kind})")
     for queue in spec.queues:
         fields: dict[str, Any] = {
             "priority": queue.priority,

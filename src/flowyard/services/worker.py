@@ -20,11 +20,6 @@ def env(ctx: Context) -> dict[str, str]:
         **client_env(ctx),
         "PREFECT_HOME": str(home),
         "PREFECT_PROFILES_PATH": str(ctx.paths.prefect_profiles),
-        # While PostgreSQL restarts, Prefect's API answers 500 (asyncpg's ConnectionRefused
-        # is not among the errors it maps to a retryable 503). Unretried, a flow run's
-        # Pending -> Running fails, the worker's Crashed report fails too, and the run stays
-        # Pending forever; retried (5 times, about a minute of backoff), it just runs.
-        "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500",
     }
 
 
