@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# The business-logic image: a Prefect worker plus the flowyard-flows package and everything
-# it imports (flows.lock), since a process worker runs each flow run in its own environment.
+# The business-logic image: a worker (the `flowyard` type) plus the flowyard-flows package and
+# everything it imports (flows.lock), since the worker runs each flow run in its own environment.
 # Deployments still pull their code from the object store; the installed package is what
 # those runs import. Build from the repository root:
 #   docker build -f deploy/docker/flows.Dockerfile -t flowyard/flows:0.1.0 .
@@ -10,6 +10,12 @@ RUN python -m venv /opt/flowyard
 ENV PATH=/opt/flowyard/bin:$PATH
 COPY deploy/docker/flows.lock /tmp/flows.lock
 RUN pip install --no-cache-dir --no-deps --requirement /tmp/flows.lock && pip check
+# The default pool's `flowyard` worker type lives in the flowyard package. Its worker needs
+# nothing beyond Prefect, so --no-deps, after `pip check`: the platform's own dependencies
+# (native-mode binaries, CLI) are deliberately not in this image.
+COPY pyproject.toml README.md /flowyard/
+COPY src /flowyard/src
+RUN pip install --no-cache-dir --no-deps --no-build-isolation /flowyard
 COPY flows/pyproject.toml flows/README.md /src/
 COPY flows/src /src/src
 RUN pip install --no-cache-dir --no-deps --no-build-isolation /src

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# A bare Prefect worker (Prefect and prefect-aws from worker.lock, no business logic): a
+# A bare worker (Prefect, prefect-aws and the `flowyard` worker type, no business logic): a
 # base to build a team's own flows image FROM, or a worker for flows that need nothing else.
 # Build from the repository root:
 #   docker build -f deploy/docker/worker.Dockerfile -t flowyard/worker:0.1.0 .
@@ -9,6 +9,12 @@ RUN python -m venv /opt/flowyard
 ENV PATH=/opt/flowyard/bin:$PATH
 COPY deploy/docker/worker.lock /tmp/worker.lock
 RUN pip install --no-cache-dir --no-deps --requirement /tmp/worker.lock && pip check
+# The default pool's `flowyard` worker type lives in the flowyard package. Its worker needs
+# nothing beyond Prefect, so --no-deps, after `pip check`: the platform's own dependencies
+# (native-mode binaries, CLI) are deliberately not in this image.
+COPY pyproject.toml README.md /flowyard/
+COPY src /flowyard/src
+RUN pip install --no-cache-dir --no-deps --no-build-isolation /flowyard
 
 FROM python:3.11.14-slim-bookworm
 ENV PATH=/opt/flowyard/bin:$PATH \

@@ -93,18 +93,19 @@ def run_logs(ctx: Context, run_id: str) -> list[str]:
     return [entry["message"] for entry in api(ctx, "POST", "/logs/filter", json=body)]
 
 
-def run_pids(run_id: str) -> list[int]:
-    """Processes executing a flow run (Prefect passes the run id in their environment)."""
+def run_pids(ctx: Context, run_id: str) -> list[int]:
+    """The live processes executing a flow run: the one its worker recorded as the run's
+    infrastructure (`host:pid`) and its descendants. A forked run (the `flowyard` worker)
+    cannot be found by its environment, which /proc shows as it was at exec time."""
     import psutil
 
-    pids = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.environ().get("PREFECT__FLOW_RUN_ID") == run_id:
-                pids.append(proc.pid)
-        except (psutil.Error, OSError):
-            continue
-    return pids
+    recorded = flow_run(ctx, run_id).get("infrastructure_pid") or ""
+    try:
+        root = psutil.Process(int(str(recorded).rsplit(":", 1)[-1]))
+        procs = [root, *root.children(recursive=True)]
+    except (ValueError, psutil.Error):
+        return []
+    return [p.pid for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
 def cli_ok(result: subprocess.CompletedProcess[str]) -> str:

@@ -8,6 +8,7 @@ The object store's data directory is a 400 MB tmpfs (root and mount(8) needed, e
 disk-full test is skipped), so the disk-full test can fill it without touching the host.
 The worker-kill scenario starts in a fixture and is checked by a later test, so Prefect's
 zombie detection (heartbeats every 30 s, 60 s without one) runs while other faults are tested.
+The local worker is the default pool's `flowyard` worker (docs/workers.md).
 """
 
 from __future__ import annotations
@@ -92,6 +93,13 @@ def supervisor_pid(ctx: Context, name: str) -> int:
     return int(Supervisor(ctx.paths).info(name)["pid"])
 
 
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -102,13 +110,15 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def worker_killed(yard: Context) -> dict[str, Any]:
-    """The local worker dies mid-run (kill -9), and so does one flow run's process.
+    """The local worker dies mid-run (kill -9) with two runs in flight.
 
-    Prefect starts each flow run in a session of its own, so a flow-run process outlives a
-    killed worker and finishes its run; the one killed with it (the machine-crash case) can
-    no longer report anything and must be marked Crashed by the zombie automation."""
+    The default pool's `flowyard` worker takes its runs down with it (issue 8: no orphans,
+    runs end Crashed). The victim dies silently first, as in a machine crash: the worker is
+    frozen (SIGSTOP) so it cannot report the exit, the run's processes are killed, then the
+    worker. Only the zombie automation can mark the victim Crashed (heartbeats stop). The
+    other run is terminated by the worker's death (parent-death signal) and reports itself."""
     victim = create_run(yard, "retried/retried", seconds=600)
-    survivor = create_run(yard, "steady/steady", seconds=30)
+    survivor = create_run(yard, "steady/steady", seconds=600)
     for run_id in (victim, survivor):
         wait_state(yard, run_id, {"RUNNING"}, timeout=240)
     # The zombie automation arms on a run's first heartbeat: wait until it is recorded.
@@ -118,19 +128,23 @@ def worker_killed(yard: Context) -> dict[str, Any]:
         what="the victim's first heartbeat",
     )
     old_worker = supervisor_pid(yard, "worker")
-    victim_pids = run_pids(victim)
-    assert victim_pids, "no process found for the victim flow run"
-    for pid in [old_worker, *victim_pids]:
+    victim_pids = run_pids(yard, victim)
+    survivor_pids = run_pids(yard, survivor)
+    assert victim_pids and survivor_pids, "no process found for the flow runs"
+    os.kill(old_worker, signal.SIGSTOP)
+    for pid in victim_pids:
         os.kill(pid, signal.SIGKILL)
+    os.kill(old_worker, signal.SIGKILL)
     return {
         "victim": victim,
         "survivor": survivor,
+        "run_pids": [*victim_pids, *survivor_pids],
         "old_worker": old_worker,
         "killed_at": time.monotonic(),
     }
 
 
-def test_worker_killed_mid_run_is_restarted_and_orphan_runs_finish(
+def test_worker_killed_mid_run_is_restarted_and_leaves_no_orphans(
     yard: Context, worker_killed: dict[str, Any]
 ) -> None:
     # supervisord restarts the worker...
@@ -142,10 +156,15 @@ def test_worker_killed_mid_run_is_restarted_and_orphan_runs_finish(
         timeout=60,
         what="a restarted worker",
     )
-    # ...and the run whose process survived completes, result stored.
-    run = wait_state(yard, worker_killed["survivor"], TERMINAL, timeout=180)
-    assert run["state_type"] == "COMPLETED", run["state"]
-    assert result_value(yard, run) == "x" * 1000
+    # ...no process of the killed worker's runs is left...
+    wait_until(
+        lambda: not any(alive(pid) for pid in worker_killed["run_pids"]),
+        timeout=30,
+        what="the killed worker's flow-run processes gone",
+    )
+    # ...and the run it took down ends Crashed, visibly (not Running forever).
+    run = wait_state(yard, worker_killed["survivor"], TERMINAL, timeout=120)
+    assert run["state_type"] == "CRASHED", run["state"]
     # (The restarted worker runs every later test's flow runs.)
 
 

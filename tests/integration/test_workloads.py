@@ -26,6 +26,7 @@ from flowyard.services.base import Context
 from flowyard.testing import running_platform
 from tests.integration.conftest import flowyard_cli
 from tests.integration.netns import RemoteHost, remote_host
+from tests.integration.runs import run_pids
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTRA = Path(__file__).parent / "projects" / "extra"
@@ -341,12 +342,7 @@ def test_down_leaves_no_flow_run_process_behind(deployed: Context) -> None:
     assert out.returncode == 0, out.stderr
     run_id = create_run(deployed, "sleepy/sleepy", seconds=600)
     wait_state(deployed, run_id, {"RUNNING"}, timeout=120)
-    engines = [
-        p
-        for p in psutil.process_iter(["cmdline", "environ"])
-        if "prefect.engine" in " ".join(p.info["cmdline"] or [])
-        and (p.info["environ"] or {}).get("PREFECT__FLOW_RUN_ID") == run_id
-    ]
+    engines = [psutil.Process(pid) for pid in run_pids(deployed, run_id)]
     assert engines, "the flow run's own process was not found"
     assert lifecycle.down(deployed, lambda *_: None)
     assert not any(p.is_running() and p.status() != "zombie" for p in engines)

@@ -575,3 +575,34 @@ def test_cli_writes_the_files(tmp_path: Path) -> None:
         ["render", "compose", "--out", str(out), "--home", str(tmp_path / "home"), "--env-file"],
     )
     assert result.exit_code == 1 and "flowyard init" in result.output
+
+
+def test_worker_images_can_run_the_flowyard_worker_type() -> None:
+    """The worker images install flowyard with --no-deps (only Prefect's dependencies are
+    locked there), so the `flowyard` worker type must import nothing else: every module its
+    package reaches is the standard library, flowyard.worker itself, or locked in both images."""
+    import ast
+
+    package = REPO / "src" / "flowyard"
+    third_party: set[str] = set()
+    for path in [package / "__init__.py", *sorted((package / "worker").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top == "flowyard":
+                    assert name.startswith("flowyard.worker"), f"{path.name} imports {name}"
+                elif top not in sys.stdlib_module_names:
+                    third_party.add(top)
+    assert third_party >= {"prefect"}
+    for image, lock in (("worker", "worker.lock"), ("flows", "flows.lock")):
+        locked = {_name(n).replace("-", "_") for n in _pins(DOCKER_DIR / lock)}
+        assert third_party <= locked, f"{lock} lacks {third_party - locked}"
+        text = (DOCKER_DIR / f"{image}.Dockerfile").read_text()
+        assert "COPY src /flowyard/src" in text
+        assert "--no-deps --no-build-isolation /flowyard" in text
