@@ -34,6 +34,7 @@ TITLES = {
     "tracking": "MLflow tracking",
     "dispatch": "Dispatch latency",
     "throughput": "Short-run throughput",
+    "simultaneous": "Simultaneous runs",
 }
 LIFECYCLE = ("coldstart", "memory")
 # Beyond its soft deadline, a benchmark gets this long to wrap up before it is interrupted.
@@ -143,7 +144,7 @@ def main_platform_overrides(env: Any, with_mlflow: bool) -> dict[str, Any]:
 
 
 def run_all(env: Any, selected: list[str], results: list[BenchResult]) -> None:
-    from benchmarks import api, coldstart, dispatch, s3, throughput, tracking
+    from benchmarks import api, coldstart, dispatch, s3, simultaneous, throughput, tracking
     from flowyard.testing import running_platform
 
     runners: dict[str, Callable[[Any, BenchResult], None]] = {
@@ -152,6 +153,7 @@ def run_all(env: Any, selected: list[str], results: list[BenchResult]) -> None:
         "tracking": tracking.run,
         "dispatch": dispatch.run,
         "throughput": throughput.run,
+        "simultaneous": simultaneous.run,
     }
     plan = env.plan
     life = {n: BenchResult(n, TITLES[n]) for n in LIFECYCLE if n in selected}

@@ -7,7 +7,7 @@ from typing import Any
 
 # Benchmarks in the order they run. coldstart and memory share one throw-away platform
 # and run first, with nothing else of ours up; the rest share the main platform.
-ALL = ("coldstart", "memory", "api", "s3", "tracking", "dispatch", "throughput")
+ALL = ("coldstart", "memory", "api", "s3", "tracking", "dispatch", "throughput", "simultaneous")
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,9 @@ class Plan:
     # so a polling worker is caught at every phase of its poll cycle, as users catch it.
     dispatch_jitter_s: float
     throughput_runs: int
+    # Runs started at once, each sleeping this long, with both workers allowed that many.
+    simultaneous_runs: int
+    simultaneous_sleep_s: float
     api_requests: int
     api_concurrency: int
     api_concurrent_requests: int
@@ -43,6 +46,8 @@ def make_plan(quick: bool, worker_limit: int | None = None) -> Plan:
             dispatch_runs=3,
             dispatch_jitter_s=1.0,
             throughput_runs=10,
+            simultaneous_runs=5,
+            simultaneous_sleep_s=10,
             api_requests=30,
             api_concurrency=4,
             api_concurrent_requests=200,
@@ -60,6 +65,7 @@ def make_plan(quick: bool, worker_limit: int | None = None) -> Plan:
                 "tracking": 120,
                 "dispatch": 300,
                 "throughput": 300,
+                "simultaneous": 300,
             },
         )
     return Plan(
@@ -67,6 +73,8 @@ def make_plan(quick: bool, worker_limit: int | None = None) -> Plan:
         dispatch_runs=20,
         dispatch_jitter_s=10.0,
         throughput_runs=50,
+        simultaneous_runs=30,
+        simultaneous_sleep_s=60,
         api_requests=300,
         api_concurrency=8,
         api_concurrent_requests=3000,
@@ -84,5 +92,6 @@ def make_plan(quick: bool, worker_limit: int | None = None) -> Plan:
             "tracking": 600,
             "dispatch": 1800,
             "throughput": 1800,
+            "simultaneous": 900,
         },
     )

@@ -28,11 +28,16 @@ ENTRYPOINT = "bench_flow.py:noop"
 # start, imports, state changes, result persistence), which every short run pays.
 FLOW_SOURCE = f'''"""Benchmark flow: does nothing, so only the platform's overhead is measured."""
 
+import time
+
 from prefect import flow
 
 
 @flow(name="{FLOW_NAME}")
-def noop(x: int = 0) -> int:
+def noop(x: int = 0, seconds: float = 0.0) -> int:
+    # `seconds`: the simultaneous benchmark keeps runs alive so they overlap.
+    if seconds:
+        time.sleep(seconds)
     return x
 '''
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

@@ -120,3 +120,16 @@ def test_zygote_serves_child_zygotes_and_refuses_stale_code(tmp_path: Path) -> N
     finally:
         zygote.proc.kill()
         zygote.proc.wait()
+
+
+def test_run_settings_are_spelled_as_prefect_spells_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warm run's settings are compared to its zygote's as strings (child.set_environment):
+    a value Prefect would re-spell ("false" -> "False") makes every run rebuild its settings."""
+    from prefect.settings import Settings
+
+    from flowyard.worker.config import RUN_SETTINGS
+
+    for key, value in RUN_SETTINGS.items():
+        monkeypatch.setenv(key, value)
+    spelled = Settings().to_environment_variables(exclude_unset=True)
+    assert {k: spelled.get(k) for k in RUN_SETTINGS} == RUN_SETTINGS

@@ -14,11 +14,17 @@ from flowyard.services.base import Context
 RESULTS_BLOCK_SLUG = "flowyard-results"
 # Prefect's minimum; hygiene.zombie_heartbeat_seconds must leave room for a missed beat or two.
 HEARTBEAT_SECONDS = 30
-# While PostgreSQL restarts, Prefect's API answers 500 (asyncpg's ConnectionRefused is not
-# among the errors it maps to a retryable 503). Unretried, a flow run's Pending -> Running
-# fails, the worker's Crashed report fails too, and the run stays Pending forever; retried
-# (5 times, about a minute of backoff), it just runs. Every client gets it, remote ones too.
-RETRY_EXTRA_CODES = {"PREFECT_CLIENT_RETRY_EXTRA_CODES": "500"}
+# How every Prefect client of the platform talks to it, remote workers included.
+CLIENT_SETTINGS = {
+    # While PostgreSQL restarts, Prefect's API answers 500 (asyncpg's ConnectionRefused is not
+    # among the errors it maps to a retryable 503). Unretried, a flow run's Pending -> Running
+    # fails, the worker's Crashed report fails too, and the run stays Pending forever; retried
+    # (5 times, about a minute of backoff), it just runs.
+    "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500",
+    # The server's CSRF protection is off (prefect_api.server_env says why), so a client's
+    # token request only earns a 422: one wasted round trip per client, three per flow run.
+    "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false",
+}
 
 
 def client_env(ctx: Context, ca_cert: Path | None = None) -> dict[str, str]:
@@ -32,7 +38,7 @@ def client_env(ctx: Context, ca_cert: Path | None = None) -> dict[str, str]:
         "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": f"s3-bucket/{RESULTS_BLOCK_SLUG}",
         # Flow runs prove they are alive; the zombie automation crashes those that stop.
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
-        **RETRY_EXTRA_CODES,
+        **CLIENT_SETTINGS,
         "AWS_ACCESS_KEY_ID": ctx.secrets.s3_access_key.get_secret_value(),
         "AWS_SECRET_ACCESS_KEY": ctx.secrets.s3_secret_key.get_secret_value(),
         "AWS_DEFAULT_REGION": cfg.object_store.region,

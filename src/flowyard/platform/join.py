@@ -22,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from flowyard.errors import FlowyardError
 from flowyard.platform.api import auth_header
-from flowyard.platform.client_env import HEARTBEAT_SECONDS, RESULTS_BLOCK_SLUG, RETRY_EXTRA_CODES
+from flowyard.platform.client_env import CLIENT_SETTINGS, HEARTBEAT_SECONDS, RESULTS_BLOCK_SLUG
 from flowyard.services.base import Context
 
 
@@ -90,7 +90,7 @@ def worker_env(info: JoinInfo, url: str, home: Path) -> dict[str, str]:
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": f"s3-bucket/{RESULTS_BLOCK_SLUG}",
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
-        **RETRY_EXTRA_CODES,
+        **CLIENT_SETTINGS,
         "AWS_ENDPOINT_URL_S3": info.s3_url,
         "AWS_ACCESS_KEY_ID": info.s3_access_key,
         "AWS_SECRET_ACCESS_KEY": info.s3_secret_key,

@@ -29,6 +29,10 @@ def server_env(ctx: Context) -> dict[str, str]:
         "PREFECT_SERVER_API_HOST": ctx.hosts.bind,
         "PREFECT_SERVER_API_PORT": str(cfg.prefect.port),
         "PREFECT_SERVER_API_AUTH_STRING": ctx.secrets.prefect_auth_string.get_secret_value(),
+        # CSRF needs ambient credentials; there are none: the API answers 401 without a
+        # WWW-Authenticate challenge, so browsers never cache the login, and the UI sends it
+        # in a header of its own. Off on both sides (client_env.CLIENT_SETTINGS).
+        "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "false",
         # The UI runs in the user's browser, so it must call the API by its public URL.
         "PREFECT_SERVER_UI_API_URL": f"{cfg.proxy.url}/api",
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",

@@ -40,6 +40,16 @@ _MEMORY = (
 )
 
 
+# Prefect settings every warm run (and its zygote, so their settings stay equal and the
+# fork need not rebuild them) gets before the deployment's own `env`, which may override.
+RUN_SETTINGS = {
+    # The worker checked this API's version when it started, with the same Prefect the fork
+    # runs; Prefect's own setting for such subprocesses skips the repeat (2 requests a run).
+    "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "False",
+}
+# ("False", not "false": spelled as Prefect's `to_environment_variables` spells it, or the
+# run's settings would differ from the zygote's and be rebuilt, ~0.2 CPU-s.)
+
 _settings_env: tuple[object, dict[str, str]] | None = None
 
 

@@ -20,7 +20,7 @@ from prefect.runner._process_manager import ProcessHandle
 from prefect.utilities.processutils import sanitize_subprocess_env
 
 from flowyard.worker import wire
-from flowyard.worker.config import settings_environment_variables
+from flowyard.worker.config import RUN_SETTINGS, settings_environment_variables
 from flowyard.worker.zygotes import ForkConnection, WarmKey, ZygotePool
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ def run_environment(
     """The environment Prefect's EngineCommandStarter gives a workspace-prepared run."""
     env: dict[str, str | None] = {**os.environ}
     env.update(settings_environment_variables())
+    env.update(RUN_SETTINGS)
     env.update(job_env)
     env.update(
         {

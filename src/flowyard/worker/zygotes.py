@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from flowyard.worker import wire
+from flowyard.worker.config import RUN_SETTINGS
 
 # Installed with the platform and used by its own deployments' pull step (boto3 alone is
 # ~0.3 CPU-s to import): worth keeping warm for every run.
@@ -163,6 +164,7 @@ class ZygotePool:
                 *imports,
                 pass_fds=(listener.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, **RUN_SETTINGS},
             )
         finally:
             listener.close()
