@@ -21,17 +21,16 @@ from uuid import UUID
 import psutil
 
 from benchmarks import procs
-from benchmarks.harness import BenchEnv, say
+from benchmarks.harness import BenchEnv
+from benchmarks.pairs import Row, add_figures, run_both
 from benchmarks.prefect_client import (
     TERMINAL,
-    deploy,
     platform_client,
     read_runs,
     state_times,
     state_type,
-    write_flow_dir,
 )
-from benchmarks.report import BenchResult, Figure
+from benchmarks.report import BenchResult
 from benchmarks.workers import WorkerKind, pool_name, running_worker
 
 MiB = 2**20
@@ -95,36 +94,24 @@ async def _batch(env: BenchEnv, kind: WorkerKind, role: str, deployment_id: UUID
     }
 
 
-async def _run(env: BenchEnv, res: BenchResult) -> None:
-    flow_dir = write_flow_dir(env.workdir)
-    ids = {}
-    async with platform_client(env.platform) as client:
-        for role in ("candidate", "reference"):
-            ids[role] = await deploy(client, flow_dir, pool_name(role), f"simultaneous-{role}")
-    for role, kind in (("candidate", env.candidate), ("reference", env.reference)):
-        say(f"simultaneous: {env.plan.simultaneous_runs} runs at once, {role} worker ({kind.key})")
-        res.details[role] = await _batch(env, kind, role, ids[role])
+ROWS: list[Row] = [
+    ("most runs Running at once", "runs", "peak_running", "higher"),
+    ("all runs started after", "s", "all_started_s", "lower"),
+    ("worker tree peak PSS", "MiB", "worker_peak_pss_mib", "lower"),
+    ("PSS added per running run", "MiB", "pss_per_run_mib", "lower"),
+    ("lowest available memory", "MiB", "min_available_mib", "higher"),
+    ("pages swapped in/out", "pages", "swapped_pages", "lower"),
+    ("worker CPU per run (process tree)", "CPU-s", "worker_cpu_per_run_s", "lower"),
+]
 
 
 def _figures(res: BenchResult) -> None:
-    cand, ref = res.details.get("candidate", {}), res.details.get("reference", {})
-    n = cand.get("runs")
-    rows = [
-        ("most runs Running at once", "runs", "peak_running", "higher"),
-        ("all runs started after", "s", "all_started_s", "lower"),
-        ("worker tree peak PSS", "MiB", "worker_peak_pss_mib", "lower"),
-        ("PSS added per running run", "MiB", "pss_per_run_mib", "lower"),
-        ("lowest available memory", "MiB", "min_available_mib", "higher"),
-        ("pages swapped in/out", "pages", "swapped_pages", "lower"),
-        ("worker CPU per run (process tree)", "CPU-s", "worker_cpu_per_run_s", "lower"),
-    ]
-    for metric, unit, key, better in rows:
-        res.add(Figure(metric, unit, cand.get(key), ref.get(key), better, n=n))  # type: ignore[arg-type]
+    cand, ref = add_figures(res, ROWS)
     if not (cand.get("all_completed") and ref.get("all_completed")):
         res.status = "partial"
         res.notes.append(
             f"not every run completed: candidate {cand.get('completed')}, "
-            f"reference {ref.get('completed')} of {n}"
+            f"reference {ref.get('completed')} of {cand.get('runs')}"
         )
 
 
@@ -139,6 +126,7 @@ def run(env: BenchEnv, res: BenchResult) -> None:
     if psutil.swap_memory().total == 0:
         res.notes.append("this machine has no swap: nothing can be swapped, read the memory rows")
     try:
-        asyncio.run(_run(env, res))
+        what = f"{plan.simultaneous_runs} runs at once"
+        asyncio.run(run_both(env, res, "simultaneous", what, _batch))
     finally:
         _figures(res)

@@ -18,15 +18,14 @@ from uuid import UUID
 
 from benchmarks import procs
 from benchmarks.guard import wait_until
-from benchmarks.harness import BenchEnv, say
+from benchmarks.harness import BenchEnv
+from benchmarks.pairs import Row, add_figures, run_both
 from benchmarks.prefect_client import (
-    deploy,
     platform_client,
     state_type,
     wait_terminal,
-    write_flow_dir,
 )
-from benchmarks.report import BenchResult, Figure
+from benchmarks.report import BenchResult
 from benchmarks.stats import rate
 from benchmarks.workers import WorkerKind, pool_name, running_worker
 from flowyard.platform.supervisor import Supervisor
@@ -102,29 +101,17 @@ async def _batch(env: BenchEnv, kind: WorkerKind, role: str, deployment_id: UUID
     }
 
 
-async def _run(env: BenchEnv, res: BenchResult) -> None:
-    flow_dir = write_flow_dir(env.workdir)
-    ids = {}
-    async with platform_client(env.platform) as client:
-        for role in ("candidate", "reference"):
-            ids[role] = await deploy(client, flow_dir, pool_name(role), f"throughput-{role}")
-    for role, kind in (("candidate", env.candidate), ("reference", env.reference)):
-        say(f"throughput: {env.plan.throughput_runs} runs at once, {role} worker ({kind.key})")
-        res.details[role] = await _batch(env, kind, role, ids[role])
+ROWS: list[Row] = [
+    ("runs per minute", "runs/min", "runs_per_min", "higher"),
+    ("worker CPU per run (process tree)", "CPU-s", "worker_cpu_per_run_s", "lower"),
+    ("platform services' CPU per run", "CPU-s", "platform_cpu_per_run_s", "lower"),
+    ("worker idle PSS", "MiB", "worker_idle_pss_mib", "lower"),
+    ("worker peak PSS during the batch", "MiB", "worker_peak_pss_mib", "lower"),
+]
 
 
 def _figures(res: BenchResult) -> None:
-    cand, ref = res.details.get("candidate", {}), res.details.get("reference", {})
-    n = cand.get("runs")
-    rows = [
-        ("runs per minute", "runs/min", "runs_per_min", "higher"),
-        ("worker CPU per run (process tree)", "CPU-s", "worker_cpu_per_run_s", "lower"),
-        ("platform services' CPU per run", "CPU-s", "platform_cpu_per_run_s", "lower"),
-        ("worker idle PSS", "MiB", "worker_idle_pss_mib", "lower"),
-        ("worker peak PSS during the batch", "MiB", "worker_peak_pss_mib", "lower"),
-    ]
-    for metric, unit, key, better in rows:
-        res.add(Figure(metric, unit, cand.get(key), ref.get(key), better, n=n))  # type: ignore[arg-type]
+    cand, ref = add_figures(res, ROWS)
     if not (cand.get("all_completed") and ref.get("all_completed")):
         res.status = "partial"
         res.notes.append(
@@ -141,6 +128,7 @@ def run(env: BenchEnv, res: BenchResult) -> None:
         "CPU = worker process tree incl. reaped children"
     )
     try:
-        asyncio.run(_run(env, res))
+        what = f"{env.plan.throughput_runs} runs at once"
+        asyncio.run(run_both(env, res, "throughput", what, _batch))
     finally:
         _figures(res)
