@@ -25,19 +25,9 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
     exit 0
 fi
 
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-flowyard="${FLOWYARD_BIN:-}"
-if [[ -z "${flowyard}" ]]; then
-    if [[ -x "${repo_root}/.venv/bin/flowyard" ]]; then
-        flowyard="${repo_root}/.venv/bin/flowyard"
-    else
-        flowyard="$(command -v flowyard || true)"
-    fi
-fi
-if [[ -z "${flowyard}" ]]; then
-    echo "flowyard is not installed (make install, or set FLOWYARD_BIN)." >&2
-    exit 1
-fi
+# shellcheck source=deploy/scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+flowyard="$(find_flowyard)"
 
 # umask 077: anything created around the backup is owner-only too.
 umask 077

@@ -30,19 +30,9 @@ if [[ $# -lt 1 || "${1}" == "-h" || "${1}" == "--help" ]]; then
     [[ $# -ge 1 ]] && exit 0 || exit 2
 fi
 
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-flowyard="${FLOWYARD_BIN:-}"
-if [[ -z "${flowyard}" ]]; then
-    if [[ -x "${repo_root}/.venv/bin/flowyard" ]]; then
-        flowyard="${repo_root}/.venv/bin/flowyard"
-    else
-        flowyard="$(command -v flowyard || true)"
-    fi
-fi
-if [[ -z "${flowyard}" ]]; then
-    echo "flowyard is not installed (make install, or set FLOWYARD_BIN)." >&2
-    exit 1
-fi
+# shellcheck source=deploy/scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+flowyard="$(find_flowyard)"
 
 backup="${1}"
 shift
