@@ -28,9 +28,14 @@ async def run_both(env: BenchEnv, res: BenchResult, name: str, what: str, batch:
         res.details[role] = await batch(env, kind, role, ids[role])
 
 
-def add_figures(res: BenchResult, rows: list[Row]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One figure per row; returns the candidate's and the reference's results."""
+def add_figures(res: BenchResult, rows: list[Row]) -> None:
+    """One figure per row; `partial` unless every run of both batches completed."""
     cand, ref = res.details.get("candidate", {}), res.details.get("reference", {})
     for metric, unit, key, better in rows:
         res.add(Figure(metric, unit, cand.get(key), ref.get(key), better, n=cand.get("runs")))
-    return cand, ref
+    if not (cand.get("all_completed") and ref.get("all_completed")):
+        res.status = "partial"
+        res.notes.append(
+            "not every run completed: "
+            f"candidate {cand.get('states')}, reference {ref.get('states')}"
+        )

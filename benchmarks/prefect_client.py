@@ -109,6 +109,14 @@ def state_type(run: FlowRun) -> str:
     return run.state.type.value if run.state else "NONE"
 
 
+def state_counts(runs: Iterable[FlowRun]) -> dict[str, int]:
+    """How many runs are in each state type: {"COMPLETED": 48, "CRASHED": 2}."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[state_type(run)] = counts.get(state_type(run), 0) + 1
+    return counts
+
+
 async def wait_terminal(
     client: PrefectClient, ids: Iterable[UUID], timeout: float, interval: float = 0.5
 ) -> list[FlowRun]:

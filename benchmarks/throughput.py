@@ -22,6 +22,7 @@ from benchmarks.harness import BenchEnv
 from benchmarks.pairs import Row, add_figures, run_both
 from benchmarks.prefect_client import (
     platform_client,
+    state_counts,
     state_type,
     wait_terminal,
 )
@@ -81,14 +82,11 @@ async def _batch(env: BenchEnv, kind: WorkerKind, role: str, deployment_id: UUID
         wait_until(lambda: not (procs.descendants(worker.pid) - baseline), timeout=30)
         cpu = procs.tree_cpu_seconds(worker.pid) - cpu0
         server_cpu = procs.tree_cpu_seconds(server_pid) - server0
-    states: dict[str, int] = {}
-    for r in runs:
-        states[state_type(r)] = states.get(state_type(r), 0) + 1
     return {
         "kind": kind.key,
         "runs": n,
         "completed": len(ends),
-        "states": states,
+        "states": state_counts(runs),
         "submit_s": submit_s,
         "wall_s": wall,
         "runs_per_min": rate(len(ends), wall, per=60),
@@ -110,16 +108,6 @@ ROWS: list[Row] = [
 ]
 
 
-def _figures(res: BenchResult) -> None:
-    cand, ref = add_figures(res, ROWS)
-    if not (cand.get("all_completed") and ref.get("all_completed")):
-        res.status = "partial"
-        res.notes.append(
-            "not every run completed: "
-            f"candidate {cand.get('states')}, reference {ref.get('states')}"
-        )
-
-
 def run(env: BenchEnv, res: BenchResult) -> None:
     res.candidate = env.candidate.describe(env.plan.worker_limit)
     res.reference = env.reference.describe(env.plan.worker_limit)
@@ -131,4 +119,4 @@ def run(env: BenchEnv, res: BenchResult) -> None:
         what = f"{env.plan.throughput_runs} runs at once"
         asyncio.run(run_both(env, res, "throughput", what, _batch))
     finally:
-        _figures(res)
+        add_figures(res, ROWS)
