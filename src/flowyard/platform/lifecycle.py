@@ -129,8 +129,9 @@ def write_private(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def write_supervisor_conf(ctx: Context, services: list[Service]) -> bool:
-    """Write the rendered configs 0600; True when supervisord's changed."""
+def write_rendered_files(ctx: Context, services: list[Service]) -> bool:
+    """Write the Prefect profiles and supervisord's config, 0600; True when supervisord's
+    changed (the caller then reloads it)."""
     write_private(ctx.paths.prefect_profiles, render_profiles(ctx))
     write_private(ctx.paths.prefect_server_profiles, render_server_profiles())
     path = ctx.paths.supervisor_conf
@@ -156,7 +157,7 @@ def up(ctx: Context, progress: Progress, only: Collection[str] | None = None) ->
             "The platform's rendered configuration changed since it started.",
             fix="Run `flowyard down` then `flowyard up` to apply it.",
         )
-    changed = write_supervisor_conf(ctx, services)
+    changed = write_rendered_files(ctx, services)
     if was_running and changed:
         # Programs' commands or environments changed: restart cleanly rather than patch.
         progress("supervisor", NOTE + "configuration changed: restarting the platform")
