@@ -32,6 +32,7 @@ status: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks flows
 	$(BIN)/ruff format --check src tests benchmarks flows
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy src/flowyard

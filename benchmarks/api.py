@@ -20,9 +20,9 @@ import httpx
 from benchmarks.harness import BenchEnv, say
 from benchmarks.report import BenchResult, Figure
 from benchmarks.stats import rate, summarize
+from flowyard.client.api import api_client, auth_header
+from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK
-from flowyard.platform.api import api_client, auth_header
-from flowyard.services.base import Context
 
 SEED_RUNS = 50
 CALLS: dict[str, tuple[str, str, dict[str, Any] | None]] = {

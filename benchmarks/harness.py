@@ -11,7 +11,7 @@ from pathlib import Path
 from benchmarks.guard import Deadline
 from benchmarks.plan import Plan
 from benchmarks.workers import WorkerKind
-from flowyard.services.base import Context
+from flowyard.config.context import Context
 
 _T0 = time.monotonic()
 

@@ -12,8 +12,8 @@ import contextlib
 import psutil
 
 from benchmarks import procs
+from flowyard.config.context import Context
 from flowyard.platform.supervisor import Supervisor
-from flowyard.services.base import Context
 
 MiB = 2**20
 

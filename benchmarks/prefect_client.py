@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from flowyard.platform.client_env import client_env
-from flowyard.services.base import Context
+from flowyard.client.env import platform_client_env
+from flowyard.config.context import Context
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -53,7 +53,7 @@ async def platform_client(ctx: Context) -> AsyncIterator[PrefectClient]:
         temporary_settings,
     )
 
-    env = client_env(ctx)
+    env = platform_client_env(ctx)
     updates: dict[Any, Any] = {
         PREFECT_API_URL: env["PREFECT_API_URL"],
         PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"],

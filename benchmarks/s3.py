@@ -19,8 +19,8 @@ from botocore.config import Config
 from benchmarks.harness import BenchEnv, say
 from benchmarks.report import BenchResult, Figure
 from benchmarks.stats import summarize
+from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK
-from flowyard.services.base import Context
 
 MiB = 2**20
 PATHS = ("direct", "proxy")

@@ -17,8 +17,8 @@ from importlib.util import find_spec
 from benchmarks.harness import BenchEnv, say
 from benchmarks.report import BenchResult, Figure
 from benchmarks.stats import rate
-from flowyard.platform.client_env import client_env
-from flowyard.services.base import Context
+from flowyard.client.env import platform_client_env
+from flowyard.config.context import Context
 
 BATCH_LIMIT = 1000  # MLflow's maximum metrics per log_batch request
 
@@ -34,7 +34,7 @@ def unavailable_reason() -> str | None:
 @contextlib.contextmanager
 def mlflow_env(ctx: Context) -> Iterator[str]:
     """MLFLOW_* for the platform (from client_env when it provides them); the tracking URI."""
-    env = {k: v for k, v in client_env(ctx).items() if k.startswith("MLFLOW_")}
+    env = {k: v for k, v in platform_client_env(ctx).items() if k.startswith("MLFLOW_")}
     env.setdefault("MLFLOW_TRACKING_URI", f"{ctx.config.proxy.url}/mlflow")
     if ctx.config.proxy.tls == "internal":
         env.setdefault("MLFLOW_TRACKING_SERVER_CERT_PATH", str(ctx.paths.ca_cert))

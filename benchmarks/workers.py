@@ -1,6 +1,6 @@
 """The worker kinds the dispatch and throughput benchmarks compare, and running one.
 
-- `platform`: the worker exactly as Flowyard runs it (`flowyard.services.worker`), pointed
+- `platform`: the worker exactly as Flowyard runs it (`flowyard.services.local_worker`), pointed
   at a benchmark pool of the default pool's type: whatever the platform ships, this
   measures (the fast `flowyard` worker since the default pool uses it).
 - `process`: stock `prefect worker start --type process`, Prefect's defaults (10 s poll).
@@ -26,12 +26,13 @@ from pathlib import Path
 import httpx
 
 from benchmarks import procs
+from flowyard.client.api import api_client
+from flowyard.client.env import platform_client_env
+from flowyard.config.context import Context
 from flowyard.config.model import DEFAULT_POOL_TYPE, WorkerConfig, default_pools
-from flowyard.platform.api import api_client
-from flowyard.platform.client_env import client_env
 from flowyard.platform.lifecycle import tail
-from flowyard.services import worker as worker_service
-from flowyard.services.base import Context, binary
+from flowyard.services import local_worker as worker_service
+from flowyard.services.base import binary
 
 KINDS = ("auto", "platform", "process", "flowyard")
 
@@ -81,7 +82,7 @@ def resolve(key: str) -> WorkerKind:
         return WorkerKind("flowyard", "flowyard", label, platform_limit)
     if key == "platform":
         pool_type = platform_pool_type()
-        label = f"platform worker (flowyard.services.worker, type {pool_type})"
+        label = f"platform worker (flowyard.services.local_worker, type {pool_type})"
         return WorkerKind("platform", pool_type, label, platform_limit)
     raise SystemExit(f"unknown worker kind {key!r}; choose from {', '.join(KINDS)}")
 
@@ -112,7 +113,7 @@ def _command(
         argv = [binary("prefect"), "worker", "start", "--pool", pool, "--type", "process"]
         argv += ["--name", name] + (["--limit", str(limit)] if limit else [])
         env = {
-            **client_env(ctx),
+            **platform_client_env(ctx),
             "PREFECT_HOME": str(home / "prefect-home"),
             "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
         }

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from flowyard.deploy.api import deploy_project, trigger
+from flowyard.config.context import load_context
 from flowyard.errors import FlowyardError
-from flowyard.platform import lifecycle
+from flowyard.projects.api import deploy_project, trigger
 
 FLOWS = Path(__file__).resolve().parents[2] / "flows"
 
@@ -18,7 +18,7 @@ FLOWS = Path(__file__).resolve().parents[2] / "flows"
 def main() -> int:
     console = Console()
     try:
-        ctx = lifecycle.load_context()
+        ctx = load_context()
         with console.status("Deploying flows/ (code to S3, deployments to Prefect)…"):
             for d in deploy_project(ctx, FLOWS):
                 console.print(f"  deployed {d['name']}  {', '.join(d['schedules'])}")

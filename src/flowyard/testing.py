@@ -16,12 +16,13 @@ from typing import Any
 
 import psutil
 
+from flowyard.config.context import Context
 from flowyard.config.load import load_config, write_config
 from flowyard.config.model import GRPC_OFFSET
 from flowyard.config.paths import Paths
 from flowyard.config.secrets import Secrets, write_secrets
 from flowyard.platform import lifecycle
-from flowyard.services.base import Context, port_free
+from flowyard.services.base import port_free
 
 
 def free_port(used: set[int], with_grpc: bool = False) -> int:

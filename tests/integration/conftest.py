@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from flowyard.platform.client_env import child_env
-from flowyard.services.base import Context
+from flowyard.client.env import child_env
+from flowyard.config.context import Context
 from flowyard.testing import running_platform
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from flowyard.platform.api import api_client
-from flowyard.services.base import Context
+from flowyard.client.api import api_client
+from flowyard.config.context import Context
 from flowyard.services.seaweedfs import s3_client
 from tests.integration.conftest import flowyard_cli
 

@@ -22,6 +22,7 @@ import typer
 from typer.testing import CliRunner
 
 from flowyard.cli import ops as ops_cli
+from flowyard.config.context import Context, load_context
 from flowyard.errors import FlowyardError
 from flowyard.ops import manifest as mf
 from flowyard.ops.restore import restore
@@ -29,7 +30,6 @@ from flowyard.ops.upgrade import STATE_FILE, upgrade
 from flowyard.platform import lifecycle
 from flowyard.platform.supervisor import Supervisor
 from flowyard.services import postgres
-from flowyard.services.base import Context
 from flowyard.testing import running_platform
 from tests.integration.conftest import run_client
 from tests.integration.runs import TERMINAL, api, create_run, deploy, result_value, wait_state
@@ -149,7 +149,7 @@ def test_upgrade_refuses_a_revision_this_prefect_does_not_know(
     pids = {i["name"]: i["pid"] for i in sup.all_info()}
     before = schedules(ctx, "hello/hello")
     # What a newer Prefect leaves behind: a revision this one has never heard of.
-    postgres.psql(ctx, "UPDATE alembic_version SET version_num = 'f00dfeedbeef'", "prefect")
+    postgres.query(ctx, "UPDATE alembic_version SET version_num = 'f00dfeedbeef'", "prefect")
     try:
         result = invoke("upgrade", "--home", str(ctx.paths.home))
         assert result.exit_code == 1, result.output
@@ -157,7 +157,7 @@ def test_upgrade_refuses_a_revision_this_prefect_does_not_know(
         assert flat("Can't locate revision identified by 'f00dfeedbeef'") in text
         assert flat("Nothing was changed") in text and "Traceback" not in text
         # ...and indeed nothing was: revision, schedules, processes, no backup taken.
-        assert postgres.psql(ctx, "SELECT version_num FROM alembic_version", "prefect") == (
+        assert postgres.query(ctx, "SELECT version_num FROM alembic_version", "prefect") == (
             "f00dfeedbeef"
         )
         assert schedules(ctx, "hello/hello") == before
@@ -165,7 +165,9 @@ def test_upgrade_refuses_a_revision_this_prefect_does_not_know(
         assert not (ctx.paths.home / "backups").exists()
         assert not (ctx.paths.home / STATE_FILE).exists()
     finally:
-        postgres.psql(ctx, f"UPDATE alembic_version SET version_num = '{HEAD_REVISION}'", "prefect")
+        postgres.query(
+            ctx, f"UPDATE alembic_version SET version_num = '{HEAD_REVISION}'", "prefect"
+        )
 
 
 def test_upgrade_migrates_restarts_and_resumes_exactly_the_active_schedules(
@@ -176,7 +178,9 @@ def test_upgrade_migrates_restarts_and_resumes_exactly_the_active_schedules(
     before = schedules(ctx, "hello/hello")
     assert [active for active, _, _ in before] == [False, True]
     api_pid, worker_pid = sup.info("prefect-api")["pid"], sup.info("worker")["pid"]
-    postgres.psql(ctx, f"UPDATE alembic_version SET version_num = '{PREVIOUS_REVISION}'", "prefect")
+    postgres.query(
+        ctx, f"UPDATE alembic_version SET version_num = '{PREVIOUS_REVISION}'", "prefect"
+    )
     backup_to = homes("pre-upgrade").parent / "backup"
     result = invoke(
         "upgrade", "--home", str(ctx.paths.home), "--backup-to", str(backup_to),
@@ -184,7 +188,7 @@ def test_upgrade_migrates_restarts_and_resumes_exactly_the_active_schedules(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert flat(f"{PREVIOUS_REVISION} -> {HEAD_REVISION} (1 migration)") in flat(result.output)
-    assert postgres.psql(ctx, "SELECT version_num FROM alembic_version", "prefect") == (
+    assert postgres.query(ctx, "SELECT version_num FROM alembic_version", "prefect") == (
         HEAD_REVISION
     )
     # The backup came first and is complete; it recorded the pre-upgrade revision.
@@ -270,7 +274,7 @@ def test_backup_restore_roundtrip(
     result = invoke("restore", str(taken), "--home", str(home))
     assert result.exit_code == 0, result.output
     assert "flowyard up --home" in result.output
-    restored = lifecycle.load_context(home)
+    restored = load_context(home)
     assert restored.paths.ca_cert.read_bytes() == old_ca.read_bytes()
     assert (restored.paths.secrets_file.stat().st_mode & 0o777) == 0o600
     try:

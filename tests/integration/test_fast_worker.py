@@ -23,9 +23,9 @@ from uuid import UUID
 import psutil
 import pytest
 
-from flowyard.platform.client_env import child_env
+from flowyard.client.env import child_env
+from flowyard.config.context import Context
 from flowyard.platform.supervisor import Supervisor
-from flowyard.services.base import Context
 from flowyard.testing import running_platform
 
 pytestmark = pytest.mark.integration

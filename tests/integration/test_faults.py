@@ -30,11 +30,11 @@ import psutil
 import pytest
 from botocore.exceptions import ClientError
 
+from flowyard.client.env import child_env
+from flowyard.config.context import Context
 from flowyard.platform import lifecycle
-from flowyard.platform.client_env import child_env
 from flowyard.platform.supervisor import Supervisor
 from flowyard.services import caddy, prefect_api, seaweedfs
-from flowyard.services.base import Context
 from flowyard.testing import running_platform
 from tests.integration.conftest import flowyard_cli
 from tests.integration.runs import (
@@ -288,7 +288,7 @@ def test_postgres_stopped_and_restarted_during_activity(yard: Context) -> None:
 
 
 def api_status(ctx: Context, path: str) -> int:
-    from flowyard.platform.api import api_client
+    from flowyard.client.api import api_client
 
     with api_client(ctx) as client:
         return client.get(path).status_code

@@ -21,10 +21,10 @@ from botocore.exceptions import ClientError
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
+from flowyard.config.context import Context
 from flowyard.platform import lifecycle
-from flowyard.render.caddyfile import PREFECT_WEBSOCKET_ROUTES
-from flowyard.services.base import Context
 from flowyard.services.caddy import tls_verify
+from flowyard.services.caddyfile import PREFECT_WEBSOCKET_ROUTES
 from flowyard.testing import platform_pids, running_platform
 from tests.integration.conftest import flowyard_cli, run_client
 
@@ -223,10 +223,10 @@ def test_status_json_and_up_twice_is_harmless(platform: Context) -> None:
 def test_default_pool_is_the_fast_worker_and_existing_pools_keep_their_type(
     platform: Context,
 ) -> None:
+    from flowyard.client.api import api_client
     from flowyard.config.model import PoolSpec
     from flowyard.errors import FlowyardError
-    from flowyard.platform import setup
-    from flowyard.platform.api import api_client
+    from flowyard.platform.apply import apply
 
     with api_client(platform) as api:
         assert api.get(f"/work_pools/{platform.config.worker.pool}").json()["type"] == "flowyard"
@@ -236,7 +236,7 @@ def test_default_pool_is_the_fast_worker_and_existing_pools_keep_their_type(
 
     def apply_with(spec: PoolSpec) -> list[str]:
         config = platform.config.model_copy(update={"pools": [*platform.config.pools, spec]})
-        return setup.apply(Context(config=config, secrets=platform.secrets))
+        return apply(Context(config=config, secrets=platform.secrets))
 
     # Type unset: the pool is kept as it is, and the log says so.
     assert "work pool legacy: updated, kept type 'process'" in apply_with(PoolSpec(name="legacy"))

@@ -24,11 +24,11 @@ import psutil
 import pytest
 from pydantic import SecretStr
 
-from flowyard.platform.client_env import child_env
+from flowyard.client.env import child_env
+from flowyard.config.context import Context
 from flowyard.platform.supervisor import Supervisor
 from flowyard.services import mlflow as mlflow_service
 from flowyard.services import seaweedfs
-from flowyard.services.base import Context
 from flowyard.services.caddy import tls_verify
 from flowyard.testing import running_platform
 

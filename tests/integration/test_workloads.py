@@ -19,10 +19,10 @@ from typing import Any
 import psutil
 import pytest
 
+from flowyard.client.api import api_client
+from flowyard.client.env import child_env
+from flowyard.config.context import Context
 from flowyard.platform import lifecycle
-from flowyard.platform.api import api_client
-from flowyard.platform.client_env import child_env
-from flowyard.services.base import Context
 from flowyard.testing import running_platform
 from tests.integration.conftest import flowyard_cli
 from tests.integration.netns import RemoteHost, remote_host

@@ -37,8 +37,9 @@ from uuid import UUID
 
 import psutil
 
-from flowyard.services.base import Context, binary
-from flowyard.services.worker import env as worker_env
+from flowyard.config.context import Context
+from flowyard.services.base import binary
+from flowyard.services.local_worker import env as worker_env
 from flowyard.testing import platform_pids, running_platform
 
 FLOW = textwrap.dedent(

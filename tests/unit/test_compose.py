@@ -26,16 +26,16 @@ from typer.testing import CliRunner
 
 from flowyard import __version__
 from flowyard.cli import render as render_cli
+from flowyard.client.env import platform_client_env
+from flowyard.compose import render as compose
+from flowyard.compose import view as c
+from flowyard.compose.specs import SERVER_IMAGE
+from flowyard.compose.yaml_emit import MERGE, Alias, Anchor, Tagged, dump
+from flowyard.config.context import Context
 from flowyard.config.model import FlowyardConfig
 from flowyard.config.secrets import Secrets
-from flowyard.platform.client_env import client_env
-from flowyard.render import compose
-from flowyard.render import containers as c
-from flowyard.render.caddyfile import Upstreams, render_caddyfile, routes
-from flowyard.render.compose_services import SERVER_IMAGE
-from flowyard.render.yaml_emit import MERGE, Alias, Anchor, Tagged, dump
-from flowyard.services import mlflow, postgres, prefect_api, redis, seaweedfs, worker
-from flowyard.services.base import Context
+from flowyard.services import local_worker, mlflow, postgres, prefect_api, redis, seaweedfs
+from flowyard.services.caddyfile import Upstreams, render_caddyfile, routes
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "deploy" / "compose"
@@ -388,7 +388,7 @@ def test_native_and_container_caddyfiles_route_the_same_paths(
     tmp_path: Path, sections: dict[str, Any]
 ) -> None:
     cfg = default_config(**sections)
-    native = render_caddyfile(cfg, Upstreams.native(cfg))
+    native = render_caddyfile(cfg, Upstreams.from_context(Context(cfg, Secrets.generate())))
     container = compose.caddyfile(cfg, production=False)
     native_paths, native_sites = _paths_and_sites(native)
     container_paths, container_sites = _paths_and_sites(container)
@@ -408,13 +408,13 @@ def test_every_native_prefect_setting_is_in_compose(tmp_path: Path, dev: dict[st
     for name in (c.PREFECT_API, c.PREFECT_SERVICES):
         assert set(prefect_api.server_env(ctx)) == set(services[name]["environment"]), name
     worker_env = services[c.WORKER]["environment"]
-    assert set(client_env(ctx)) <= set(worker_env)
-    assert set(worker.env(ctx)) <= set(worker_env)
+    assert set(platform_client_env(ctx)) <= set(worker_env)
+    assert set(local_worker.env(ctx)) <= set(worker_env)
     assert set(mlflow.server_env(ctx)) == set(services[c.MLFLOW]["environment"])
 
 
 def test_init_job_sees_what_the_services_see(dev: dict[str, Any]) -> None:
-    """The init job rebuilds a Context from its environment (container_init.main); with the
+    """The init job rebuilds a Context from its environment (init_job.main); with the
     env file's values filled in, it must compute the very settings the services are given."""
     secrets = Secrets.generate()
     values = {c.secret_var(k): v for k, v in secrets.plain().items()}

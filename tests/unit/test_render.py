@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from flowyard.client.env import platform_client_env
+from flowyard.config.context import Context
 from flowyard.config.load import load_config
 from flowyard.config.secrets import Secrets
-from flowyard.platform.client_env import client_env
 from flowyard.platform.registry import build_services
-from flowyard.render.caddyfile import Upstreams, render_caddyfile, routes
 from flowyard.render.supervisor import render_supervisor_conf
-from flowyard.services.base import Context
+from flowyard.services.caddyfile import Upstreams, render_caddyfile, routes
 
 CADDY = str(Path(sys.executable).parent / "caddy")
 
@@ -39,7 +39,7 @@ def _adapt(caddyfile: str, tmp_path: Path) -> dict:
 
 
 def test_caddyfile_adapts_and_routes_everything(ctx: Context, tmp_path: Path) -> None:
-    text = render_caddyfile(ctx.config, Upstreams.native(ctx.config))
+    text = render_caddyfile(ctx.config, Upstreams.from_context(ctx))
     config = _adapt(text, tmp_path)
     servers = config["apps"]["http"]["servers"]
     listen = sorted(a for s in servers.values() for a in s["listen"])
@@ -57,7 +57,7 @@ def test_acme_for_a_public_domain(ctx: Context, tmp_path: Path) -> None:
     ctx.config.proxy.host = "flows.example.com"
     ctx.config.proxy.tls = "acme"
     ctx.config.proxy.acme_email = "ops@example.com"
-    text = render_caddyfile(ctx.config, Upstreams.native(ctx.config))
+    text = render_caddyfile(ctx.config, Upstreams.from_context(ctx))
     assert "tls internal" not in text and "local_certs" not in text
     assert "default_bind 0.0.0.0" in text
     _adapt(text, tmp_path)
@@ -66,6 +66,10 @@ def test_acme_for_a_public_domain(ctx: Context, tmp_path: Path) -> None:
 def test_supervisor_conf_parses_and_keeps_order(ctx: Context, tmp_path: Path) -> None:
     from supervisor.options import ServerOptions
 
+    # As root, PostgreSQL's program names its system user, which `up` creates first and
+    # supervisord requires to exist: use one every Debian machine has.
+    pg = ctx.config.postgres.model_copy(update={"system_user": "nobody"})
+    ctx = Context(ctx.config.model_copy(update={"postgres": pg}), ctx.secrets)
     services = build_services(ctx)
     ctx.paths.logs.mkdir(parents=True)
     ctx.paths.run.mkdir(parents=True)
@@ -84,13 +88,13 @@ def test_supervisor_conf_parses_and_keeps_order(ctx: Context, tmp_path: Path) ->
 
 
 def test_secrets_only_in_owner_only_files(ctx: Context) -> None:
-    text = render_caddyfile(ctx.config, Upstreams.native(ctx.config))
+    text = render_caddyfile(ctx.config, Upstreams.from_context(ctx))
     for secret in ctx.secrets.values():
         assert secret not in text
 
 
 def test_client_env_is_tls_verified_through_the_proxy(ctx: Context) -> None:
-    env = client_env(ctx)
+    env = platform_client_env(ctx)
     assert env["PREFECT_API_URL"] == "https://localhost:8443/api"
     assert env["PREFECT_API_SSL_CERT_FILE"] == str(ctx.paths.ca_cert)
     assert env["AWS_ENDPOINT_URL_S3"] == "https://localhost:8444"
@@ -99,7 +103,7 @@ def test_client_env_is_tls_verified_through_the_proxy(ctx: Context) -> None:
         update={"kind": "external", "endpoint_url": "https://s3.eu-west-1.amazonaws.com"}
     )
     ctx.config.object_store = store
-    env = client_env(ctx)
+    env = platform_client_env(ctx)
     # A private CA bundle would replace the public roots AWS needs.
     assert "AWS_CA_BUNDLE" not in env
     assert env["AWS_ENDPOINT_URL_S3"] == "https://s3.eu-west-1.amazonaws.com"
@@ -112,6 +116,6 @@ def test_prefect_profile_matches_client_env(ctx: Context) -> None:
 
     data = tomllib.loads(render_profiles(ctx))
     profile = data["profiles"][data["active"]]
-    env = client_env(ctx)
+    env = platform_client_env(ctx)
     assert profile == {k: v for k, v in env.items() if k.startswith("PREFECT_")}
     assert profile["PREFECT_API_URL"] == "https://localhost:8443/api"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flowyard.cli import apply, deploy, env, init, ops, platform_cmds, render, worker
+from flowyard.cli import apply, deploy, env, init, ops, platform_cmds, render, worker_cmds
 
 app = typer.Typer(
     name="flowyard",
@@ -25,7 +25,7 @@ app.command()(deploy.run)
 app.command()(ops.backup)
 app.command()(ops.restore)
 app.command()(ops.upgrade)
-app.add_typer(worker.app, name="worker")
+app.add_typer(worker_cmds.app, name="worker")
 app.add_typer(render.app, name="render")
 
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from flowyard.cli._common import HomeOption, console, handle_errors, resolve_home
+from flowyard.config.context import load_context
 from flowyard.errors import FlowyardError
-from flowyard.platform import lifecycle, setup
+from flowyard.platform.apply import apply as apply_objects
 from flowyard.services import prefect_api
 
 
 @handle_errors
 def apply(home: Path | None = HomeOption) -> None:
     """Create or update pools, queues, global limits and automations (idempotent)."""
-    ctx = lifecycle.load_context(resolve_home(home))
+    ctx = load_context(resolve_home(home))
     if not prefect_api.is_ready(ctx):
         raise FlowyardError("The Prefect API is not running.", fix="Run `flowyard up` first.")
-    for line in setup.apply(ctx):
+    for line in apply_objects(ctx):
         console.print(f"  {line}")

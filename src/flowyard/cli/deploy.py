@@ -9,9 +9,9 @@ import typer
 from rich.table import Table
 
 from flowyard.cli._common import HomeOption, console, handle_errors, print_json, resolve_home
-from flowyard.deploy.api import deploy_project, trigger
+from flowyard.config.context import load_context
 from flowyard.errors import FlowyardError
-from flowyard.platform import lifecycle
+from flowyard.projects.api import deploy_project, trigger
 
 
 @handle_errors
@@ -23,7 +23,7 @@ def deploy(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Validate, push code to the platform's S3 bucket, and register the deployments."""
-    ctx = lifecycle.load_context(resolve_home(home))
+    ctx = load_context(resolve_home(home))
     with console.status(f"Deploying {path}…"):
         deployments = deploy_project(ctx, path.absolute(), pool, queue)
     if as_json:
@@ -60,7 +60,7 @@ def run(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Run a deployment on the platform's workers and wait for its final state."""
-    ctx = lifecycle.load_context(resolve_home(home))
+    ctx = load_context(resolve_home(home))
     with console.status(f"Running {name}…"):
         outcome = trigger(ctx, name, _parse_params(param), timeout, queue)
     if as_json:

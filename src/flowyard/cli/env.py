@@ -9,8 +9,8 @@ from pathlib import Path
 import typer
 
 from flowyard.cli._common import HomeOption, handle_errors, print_json, resolve_home
-from flowyard.platform import lifecycle
-from flowyard.platform.client_env import client_env
+from flowyard.client.env import platform_client_env
+from flowyard.config.context import load_context
 
 
 @handle_errors
@@ -19,8 +19,8 @@ def env(
     as_json: bool = typer.Option(False, "--json", help="A JSON object instead of exports."),
 ) -> None:
     """Print client environment variables (use: eval "$(flowyard env)")."""
-    ctx = lifecycle.load_context(resolve_home(home))
-    values = client_env(ctx)
+    ctx = load_context(resolve_home(home))
+    values = platform_client_env(ctx)
     if as_json:
         print_json(values)
         return

@@ -18,9 +18,9 @@ from rich.progress import (
 )
 
 from flowyard.cli._common import HomeOption, console, handle_errors, resolve_home
+from flowyard.config.context import load_context
 from flowyard.config.paths import default_home
 from flowyard.ops.progress import Reporter, Task
-from flowyard.platform import lifecycle
 
 
 class RichReporter(Reporter):
@@ -73,7 +73,7 @@ def backup(
     """Back up the running platform: databases, buckets, config, secrets and CA."""
     from flowyard.ops.backup import backup as run_backup
 
-    ctx = lifecycle.load_context(resolve_home(home))
+    ctx = load_context(resolve_home(home))
     started = time.monotonic()
     console.print(f"Backing up Flowyard at {ctx.paths.home}")
     with _progress() as progress:
@@ -132,7 +132,7 @@ def upgrade(
     """Back up, pause schedules, migrate to the installed Prefect, restart it, resume."""
     from flowyard.ops.upgrade import upgrade as run_upgrade
 
-    ctx = lifecycle.load_context(resolve_home(home))
+    ctx = load_context(resolve_home(home))
     started = time.monotonic()
     with _progress() as progress:
         outcome = run_upgrade(

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from flowyard.cli._common import HomeOption, console, handle_errors, print_json, resolve_home
+from flowyard.config.context import load_context
 from flowyard.errors import FlowyardError
 from flowyard.platform import lifecycle
 from flowyard.platform.registry import service_names
@@ -19,7 +20,7 @@ from flowyard.platform.registry import service_names
 @handle_errors
 def up(home: Path | None = HomeOption) -> None:
     """Start every service in dependency order and wait until each is ready."""
-    ctx = lifecycle.load_context(resolve_home(home))
+    ctx = load_context(resolve_home(home))
     started = time.monotonic()
 
     with console.status("Starting Flowyard…") as status:
@@ -49,7 +50,7 @@ def up(home: Path | None = HomeOption) -> None:
 @handle_errors
 def down(home: Path | None = HomeOption) -> None:
     """Stop every service gracefully; data is kept."""
-    ctx = lifecycle.load_context(resolve_home(home))
+    ctx = load_context(resolve_home(home))
     if not lifecycle.down(
         ctx,
         lambda name, phase: console.print(f"  {name:<17} {phase}") if phase == "stopped" else None,
@@ -65,7 +66,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Show each service's state and readiness."""
-    ctx = lifecycle.load_context(resolve_home(home))
+    ctx = load_context(resolve_home(home))
     rows = lifecycle.status(ctx)
     if as_json:
         print_json({"url": ctx.config.proxy.url, "services": [r.as_dict() for r in rows]})
@@ -99,7 +100,7 @@ def logs(
     home: Path | None = HomeOption,
 ) -> None:
     """Print a service's log."""
-    ctx = lifecycle.load_context(resolve_home(home))
+    ctx = load_context(resolve_home(home))
     known = [*service_names(ctx), "caddy-access", "supervisord"]
     if service not in known:
         raise FlowyardError(

@@ -1,5 +1,5 @@
 """`flowyard render compose`: the container deployment files, from the same config as native
-mode (see `flowyard.render.compose`)."""
+mode (see `flowyard.compose.render`)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import typer
 
 from flowyard.cli._common import HomeOption, console, handle_errors, resolve_home
+from flowyard.compose.render import DEV_FILE, ENV_FILE, PROD_FILE, write_files
 from flowyard.config.load import load_config
 from flowyard.config.paths import Paths, default_home
 from flowyard.config.secrets import load_secrets
-from flowyard.render.compose import DEV_FILE, ENV_FILE, PROD_FILE, write_files
 
 app = typer.Typer(
     name="render",

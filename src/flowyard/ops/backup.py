@@ -24,12 +24,12 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 import flowyard
+from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK
 from flowyard.errors import FlowyardError
 from flowyard.ops import manifest as mf
 from flowyard.ops.progress import Reporter
 from flowyard.services import postgres, seaweedfs
-from flowyard.services.base import Context
 
 # pg_dump of a large history can take long; a hung one must still end.
 DUMP_TIMEOUT = 3 * 3600
@@ -65,13 +65,13 @@ def installed_versions() -> dict[str, str]:
 
 def alembic_revision(ctx: Context, database: str) -> str | None:
     """The schema revision Prefect (or MLflow) migrated this database to."""
-    if not postgres.psql(ctx, "SELECT to_regclass('public.alembic_version')", database):
+    if not postgres.query(ctx, "SELECT to_regclass('public.alembic_version')", database):
         return None
-    return postgres.psql(ctx, "SELECT version_num FROM alembic_version", database) or None
+    return postgres.query(ctx, "SELECT version_num FROM alembic_version", database) or None
 
 
 def existing_databases(ctx: Context) -> list[str]:
-    names = postgres.psql(ctx, "SELECT datname FROM pg_database").splitlines()
+    names = postgres.query(ctx, "SELECT datname FROM pg_database").splitlines()
     return [db for db in postgres.DATABASES if db in names]
 
 
@@ -279,7 +279,7 @@ def backup(ctx: Context, to: Path | None = None, reporter: Reporter | None = Non
     try:
         with _disk_errors(target):
             versions = installed_versions()
-            versions["postgres"] = postgres.psql(ctx, "SHOW server_version")
+            versions["postgres"] = postgres.query(ctx, "SHOW server_version")
             if not ctx.config.mlflow.enabled:
                 versions.pop("mlflow", None)
             databases = _backup_databases(ctx, target, reporter)

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from flowyard.config.context import Context
 from flowyard.config.load import load_config
 from flowyard.config.model import LOOPBACK
 from flowyard.config.paths import Paths
@@ -32,7 +33,6 @@ from flowyard.platform import lifecycle
 from flowyard.platform.registry import build_services
 from flowyard.platform.supervisor import Supervisor
 from flowyard.services import caddy, postgres, seaweedfs
-from flowyard.services.base import Context
 
 RESTORE_TIMEOUT = 3 * 3600
 # What --force replaces in an existing home; logs/ and backups/ are kept (the backup being

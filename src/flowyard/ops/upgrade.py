@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowyard.client.api import api_client
+from flowyard.config.context import Context
 from flowyard.errors import FlowyardError
 from flowyard.ops import manifest as mf
 from flowyard.ops.backup import alembic_revision, backup
 from flowyard.ops.progress import Reporter
 from flowyard.platform import lifecycle
-from flowyard.platform.api import api_client
 from flowyard.platform.registry import build_services
 from flowyard.services import prefect_api
-from flowyard.services.base import Context
 
 STATE_FILE = "upgrade-paused-schedules.json"
 

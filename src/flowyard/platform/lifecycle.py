@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from flowyard.config.load import load_config
+from flowyard.config.context import Context
 from flowyard.config.paths import Paths
-from flowyard.config.secrets import load_secrets
 from flowyard.errors import FlowyardError
+from flowyard.files import write_private
 from flowyard.platform.registry import build_services
 from flowyard.platform.supervisor import Supervisor
 from flowyard.render.prefect_profile import render_profiles, render_server_profiles
 from flowyard.render.supervisor import render_supervisor_conf
-from flowyard.services.base import Context, Service, ensure_system_user, port_free
+from flowyard.services.base import Service, ensure_system_user, port_free
+from flowyard.waiting import wait_until
 
 # Called with (service name, phase) so the CLI can draw progress without this module
 # knowing about terminals.
@@ -27,11 +27,6 @@ Progress = Callable[[str, str], None]
 FAILED_STATES = {"FATAL", "EXITED", "BACKOFF", "UNKNOWN"}
 # A progress phase starting with this is a line of information, not a state change.
 NOTE = "· "
-
-
-def load_context(home: Path | None = None) -> Context:
-    config = load_config(home)
-    return Context(config=config, secrets=load_secrets(Paths(config.home).secrets_file))
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -90,16 +85,14 @@ def check_ports(ctx: Context, services: list[Service]) -> None:
 
 
 def _wait_ready(sup: Supervisor, service: Service, ctx: Context) -> None:
-    deadline = time.monotonic() + service.ready_timeout
-    while True:
+    def ready() -> bool:
         state = sup.info(service.name)["statename"]
         if state in FAILED_STATES:
             raise _service_failed(ctx, service, f"exited ({state})")
-        if service.ready():
-            return
-        if time.monotonic() > deadline:
-            raise _service_failed(ctx, service, f"not ready after {service.ready_timeout:.0f} s")
-        time.sleep(0.25)
+        return service.ready()
+
+    if not wait_until(ready, service.ready_timeout):
+        raise _service_failed(ctx, service, f"not ready after {service.ready_timeout:.0f} s")
 
 
 def _service_failed(ctx: Context, service: Service, why: str) -> FlowyardError:
@@ -121,12 +114,6 @@ def supervisor_conf_changed(ctx: Context, services: list[Service]) -> bool:
     path = ctx.paths.supervisor_conf
     old = path.read_text() if path.exists() else None
     return old != render_supervisor_conf(services, ctx.paths)
-
-
-def write_private(path: Path, text: str) -> None:
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text(text)
 
 
 def write_rendered_files(ctx: Context, services: list[Service]) -> bool:

@@ -1,32 +1,21 @@
-"""The platform's services, in the order they start (each depends only on earlier ones)."""
+"""The services `flowyard up` runs: the service catalog, with the platform's own policy
+attached where a service alone cannot know it."""
 
 from __future__ import annotations
 
-from flowyard.services import (
-    caddy,
-    postgres,
-    prefect_api,
-    prefect_services,
-    redis,
-    seaweedfs,
-    worker,
-)
-from flowyard.services.base import Context, Service
+from flowyard.config.context import Context
+from flowyard.platform import apply
+from flowyard.services import catalog, prefect_api
+from flowyard.services.base import Service
 
 
 def build_services(ctx: Context) -> list[Service]:
-    cfg = ctx.config
-    services = [postgres.service(ctx), redis.service(ctx)]
-    if cfg.object_store.kind == "seaweedfs":
-        services.append(seaweedfs.service(ctx))
-    services += [prefect_api.service(ctx), prefect_services.service(ctx)]
-    if cfg.mlflow.enabled:
-        from flowyard.services import mlflow
-
-        services.append(mlflow.service(ctx))
-    services.append(caddy.service(ctx))
-    if cfg.worker.enabled:
-        services.append(worker.service(ctx))
+    services = catalog.services(ctx)
+    for service in services:
+        if service.name == prefect_api.NAME:
+            # Pools, queues, limits, automations and the results block exist before any
+            # worker starts (a worker would otherwise create its pool with defaults).
+            service.bootstrap = lambda: apply.apply(ctx)
     return services
 
 

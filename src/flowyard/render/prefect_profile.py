@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import tomli_w
 
-from flowyard.platform.client_env import client_env
-from flowyard.services.base import Context
+from flowyard.client.env import platform_client_env
+from flowyard.config.context import Context
 
 CLIENT_PROFILE = "flowyard"
 SERVER_PROFILE = "server"
 
 
 def render_profiles(ctx: Context) -> str:
-    client = {k: v for k, v in client_env(ctx).items() if k.startswith("PREFECT_")}
+    client = {k: v for k, v in platform_client_env(ctx).items() if k.startswith("PREFECT_")}
     header = "# Rendered by flowyard from flowyard.toml; holds the API credential: keep 0600.\n"
     return header + tomli_w.dumps({"active": CLIENT_PROFILE, "profiles": {CLIENT_PROFILE: client}})
 

@@ -17,38 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flowyard.config.model import LOOPBACK, FlowyardConfig
-from flowyard.config.paths import Paths
-from flowyard.config.secrets import Secrets
+from flowyard.config.model import LOOPBACK
 from flowyard.errors import FlowyardError
-
-
-@dataclass(frozen=True)
-class Hosts:
-    """Where platform processes listen and find each other.
-
-    Natively everything is on loopback; under compose each service is its own container, so
-    the container renderer passes container names here and the same functions that build
-    native settings build the container ones (`flowyard.render.containers`).
-    """
-
-    bind: str = LOOPBACK
-    postgres: str = LOOPBACK
-    redis: str = LOOPBACK
-    object_store: str = LOOPBACK
-
-
-@dataclass(frozen=True)
-class Context:
-    """Everything a service needs to describe itself: the one config, its secrets, its paths."""
-
-    config: FlowyardConfig
-    secrets: Secrets
-    hosts: Hosts = Hosts()
-
-    @property
-    def paths(self) -> Paths:
-        return Paths(self.config.home)
 
 
 @dataclass
@@ -104,14 +74,6 @@ def binary(name: str) -> str:
             fix="Install Flowyard with its dependencies: `pip install -e .` (or `make up`).",
         )
     return found
-
-
-def tcp_open(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def port_free(port: int, host: str = LOOPBACK) -> bool:

@@ -7,8 +7,11 @@ import ssl
 
 import httpx
 
-from flowyard.render.caddyfile import Upstreams, render_caddyfile
-from flowyard.services.base import Context, Service, binary
+from flowyard.config.context import Context
+from flowyard.services.base import Service, binary
+from flowyard.services.caddyfile import Upstreams, render_caddyfile
+
+NAME = "caddy"
 
 
 def env(ctx: Context) -> dict[str, str]:
@@ -20,7 +23,7 @@ def env(ctx: Context) -> dict[str, str]:
 def prepare(ctx: Context) -> None:
     ctx.paths.caddy_data.mkdir(parents=True, exist_ok=True)
     ctx.paths.files.mkdir(parents=True, exist_ok=True)
-    ctx.paths.caddyfile.write_text(render_caddyfile(ctx.config, Upstreams.native(ctx.config)))
+    ctx.paths.caddyfile.write_text(render_caddyfile(ctx.config, Upstreams.from_context(ctx)))
 
 
 def export_ca(ctx: Context) -> bool:
@@ -62,7 +65,7 @@ def is_ready(ctx: Context) -> bool:
 def service(ctx: Context) -> Service:
     proxy = ctx.config.proxy
     return Service(
-        name="caddy",
+        name=NAME,
         description=f"Caddy HTTPS proxy ({proxy.url})",
         command=[
             binary("caddy"),

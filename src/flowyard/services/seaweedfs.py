@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import boto3
 import httpx
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from flowyard.config.context import Context
 from flowyard.config.model import GRPC_OFFSET, LOOPBACK
 from flowyard.errors import FlowyardError
-from flowyard.services.base import Context, Service, binary, disk_full
+from flowyard.files import write_private
+from flowyard.services.base import Service, binary, disk_full
+
+NAME = "seaweedfs"
 
 
 def data_dir(ctx: Context) -> str:
@@ -90,10 +95,7 @@ def env(ctx: Context) -> dict[str, str]:
 def prepare(ctx: Context) -> None:
     for sub in ("", "/logs", "/tmp"):
         os.makedirs(data_dir(ctx) + sub, exist_ok=True)
-    path = s3_config_path(ctx)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(render_s3_config(ctx))
+    write_private(Path(s3_config_path(ctx)), render_s3_config(ctx))
 
 
 def is_ready(ctx: Context) -> bool:
@@ -145,7 +147,7 @@ def ensure_buckets(ctx: Context) -> None:
 
 def service(ctx: Context) -> Service:
     return Service(
-        name="seaweedfs",
+        name=NAME,
         description="SeaweedFS S3 object store",
         command=command(ctx),
         env=env(ctx),

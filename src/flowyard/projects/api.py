@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from flowyard.client.env import child_env
+from flowyard.config.context import Context
 from flowyard.errors import FlowyardError
-from flowyard.platform.client_env import child_env
-from flowyard.services.base import Context
 
 
 def _run_module(ctx: Context, module: str, *args: str, timeout: float = 900) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def deploy_project(
     ctx: Context, path: Path, pool: str | None = None, queue: str | None = None
 ) -> list[dict[str, Any]]:
     payload = _run_module(
-        ctx, "flowyard.deploy.run", str(path), json.dumps({"pool": pool, "queue": queue})
+        ctx, "flowyard.projects.run", str(path), json.dumps({"pool": pool, "queue": queue})
     )
     if not payload["ok"]:
         raise FlowyardError(
@@ -56,7 +56,7 @@ def trigger(
 ) -> dict[str, Any]:
     return _run_module(
         ctx,
-        "flowyard.deploy.trigger",
+        "flowyard.projects.trigger",
         name,
         json.dumps(parameters),
         str(timeout),

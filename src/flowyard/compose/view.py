@@ -14,19 +14,30 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from flowyard.config.context import Context, Hosts
 from flowyard.config.model import FlowyardConfig
 from flowyard.config.secrets import Secrets
-from flowyard.services.base import Context, Hosts
+from flowyard.services import (
+    caddy,
+    local_worker,
+    mlflow,
+    postgres,
+    prefect_api,
+    prefect_services,
+    redis,
+    seaweedfs,
+)
 
-# Compose service names, which are also the containers' host names on their networks.
-POSTGRES = "postgres"
-REDIS = "redis"
-SEAWEEDFS = "seaweedfs"
-PREFECT_API = "prefect-api"
-PREFECT_SERVICES = "prefect-services"
-MLFLOW = "mlflow"
-CADDY = "caddy"
-WORKER = "worker"
+# Compose service names, which are also the containers' host names on their networks: the
+# native services' own names, plus the two one-shot jobs that do natively what `up` does.
+POSTGRES = postgres.NAME
+REDIS = redis.NAME
+SEAWEEDFS = seaweedfs.NAME
+PREFECT_API = prefect_api.NAME
+PREFECT_SERVICES = prefect_services.NAME
+MLFLOW = mlflow.NAME
+CADDY = caddy.NAME
+WORKER = local_worker.NAME
 INIT = "init"
 APPLY = "apply"
 
@@ -38,10 +49,16 @@ HOME = Path("/var/lib/flowyard")
 # The standard ports of the postgres and redis images; the config's ports are host-side.
 POSTGRES_PORT = 5432
 REDIS_PORT = 6379
-# Where Caddy's healthcheck exports its internal root CA and clients read it.
-CA_FILE = "/etc/flowyard/ca/root.crt"
-
-HOSTS = Hosts(bind="0.0.0.0", postgres=POSTGRES, redis=REDIS, object_store=SEAWEEDFS)
+HOSTS = Hosts(
+    bind="0.0.0.0",
+    postgres=POSTGRES,
+    redis=REDIS,
+    object_store=SEAWEEDFS,
+    prefect_api=PREFECT_API,
+    mlflow=MLFLOW,
+    # Inside its own network namespace; the published ports decide what is exposed.
+    proxy_bind="0.0.0.0",
+)
 
 # Production (the VM override): standard ports, public certificates, a domain from the env.
 DOMAIN_VAR = "FLOWYARD_DOMAIN"

@@ -1,4 +1,8 @@
-"""The local worker: serves the default work pool through the proxy, like any remote worker."""
+"""The local worker: serves the default work pool through the proxy, like any remote worker.
+
+Its environment is the platform's client profile (`flowyard.client.env`), the same builder a
+joined worker's comes from, plus where this machine keeps the worker's state.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,12 @@ import socket
 
 import httpx
 
-from flowyard.platform.client_env import client_env
-from flowyard.services.base import Context, Service, binary
+from flowyard.client.api import api_client
+from flowyard.client.env import platform_client_env
+from flowyard.config.context import Context
+from flowyard.services.base import Service, binary
+
+NAME = "worker"
 
 
 def worker_name(ctx: Context) -> str:
@@ -17,7 +25,7 @@ def worker_name(ctx: Context) -> str:
 def env(ctx: Context) -> dict[str, str]:
     home = ctx.paths.service_data("worker")
     return {
-        **client_env(ctx),
+        **platform_client_env(ctx),
         "PREFECT_HOME": str(home),
         "PREFECT_PROFILES_PATH": str(ctx.paths.prefect_profiles),
     }
@@ -25,8 +33,6 @@ def env(ctx: Context) -> dict[str, str]:
 
 def is_registered(ctx: Context) -> bool:
     """Ready once the worker has announced itself to the API for its pool."""
-    from flowyard.platform.api import api_client
-
     try:
         with api_client(ctx) as client:
             r = client.post(f"/work_pools/{ctx.config.worker.pool}/workers/filter", json={})
@@ -35,23 +41,30 @@ def is_registered(ctx: Context) -> bool:
         return False
 
 
+def command(ctx: Context, name: str, limit: str) -> list[str]:
+    """`prefect worker start` for the configured pool. Without --type Prefect starts the
+    pool's own type (for Flowyard's pools, the fast `flowyard` worker). Name and limit are
+    parameters: compose names a worker after its container and sizes it to its CPUs."""
+    return [
+        binary("prefect"),
+        "worker",
+        "start",
+        "--pool",
+        ctx.config.worker.pool,
+        "--name",
+        name,
+        "--limit",
+        limit,
+    ]
+
+
 def service(ctx: Context) -> Service:
     cfg = ctx.config.worker
     home = ctx.paths.service_data("worker")
     return Service(
-        name="worker",
+        name=NAME,
         description=f"Prefect worker for pool '{cfg.pool}'",
-        command=[
-            binary("prefect"),
-            "worker",
-            "start",
-            "--pool",
-            cfg.pool,
-            "--name",
-            worker_name(ctx),
-            "--limit",
-            str(cfg.effective_concurrency),
-        ],
+        command=command(ctx, worker_name(ctx), str(cfg.effective_concurrency)),
         env=env(ctx),
         cwd=home,
         ready=lambda: is_registered(ctx),

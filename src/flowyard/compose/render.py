@@ -7,7 +7,7 @@ Writes, into one directory (default `deploy/compose`):
   port only, restart policies, memory limits, log rotation). It is computed as the difference
   between the development model and the same model rendered for production, so applying it
   yields exactly the production model;
-- `Caddyfile` / `Caddyfile.prod`: the native template (`render.caddyfile`) with container
+- `Caddyfile` / `Caddyfile.prod`: the native template (`services.caddyfile`) with container
   upstreams;
 - `.env.example`: every variable the files reference. The files hold references only, never
   secret values; `--env-file` writes `.env` (0600) from this home's secrets.
@@ -19,14 +19,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from flowyard.compose import view as c
+from flowyard.compose.anchors import Anchors, present, shared
+from flowyard.compose.envfile import env_example, env_file
+from flowyard.compose.specs import Contexts, build_specs
+from flowyard.compose.yaml_emit import MERGE, Tagged, dump
+from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK, FlowyardConfig
 from flowyard.config.secrets import Secrets
-from flowyard.render import containers as c
-from flowyard.render.caddyfile import Upstreams, render_caddyfile
-from flowyard.render.compose_anchors import Anchors, present, shared
-from flowyard.render.compose_env import env_example, env_file
-from flowyard.render.compose_services import Contexts, build_specs, must_replace
-from flowyard.render.yaml_emit import MERGE, Tagged, dump
+from flowyard.files import write_private
+from flowyard.services.caddyfile import Upstreams, render_caddyfile
 
 DEV_FILE = "docker-compose.dev_server.yml"
 PROD_FILE = "docker-compose.prod.yml"
@@ -110,23 +112,17 @@ def contexts(
 
 
 def caddyfile(config: FlowyardConfig, *, production: bool) -> str:
-    cfg = c.container_config(config)
+    ctx = c.server_context(config)
     if production:
         # Caddy reads these from its environment when it loads the file.
-        cfg = c.production_config(cfg, "{$" + c.DOMAIN_VAR + "}", "{$" + c.ACME_EMAIL_VAR + "}")
-    text = render_caddyfile(cfg, Upstreams.container(cfg))
-    if cfg.proxy.tls != "internal":
-        return text
-    # Workers inside compose reach Caddy by its container name (see containers.client_context);
+        cfg = c.production_config(
+            ctx.config, "{$" + c.DOMAIN_VAR + "}", "{$" + c.ACME_EMAIL_VAR + "}"
+        )
+        ctx = Context(config=cfg, secrets=ctx.secrets, hosts=ctx.hosts)
+    # Workers inside compose reach Caddy by its container name (see view.client_context);
     # the internal CA certifies that name too. ACME sites keep their public name only.
-    proxy = cfg.proxy
-    ports = [proxy.https_port]
-    if cfg.object_store.kind == "seaweedfs":
-        ports.append(proxy.s3_https_port)
-    for port in ports:
-        site = f"https://{proxy.host}:{port}"
-        text = must_replace(text, f"{site} {{", f"{site}, https://{c.CADDY}:{port} {{")
-    return text
+    extra = [c.CADDY] if ctx.config.proxy.tls == "internal" else []
+    return render_caddyfile(ctx.config, Upstreams.from_context(ctx), extra)
 
 
 def model(
@@ -314,16 +310,13 @@ def write_files(
     if secrets is not None:
         path = out_dir / ENV_FILE
         # Owner-only from the first byte, as secrets.toml.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(env_file(config, secrets))
-        os.chmod(path, 0o600)
+        write_private(path, env_file(config, secrets))
         written.append(path)
     return written
 
 
 def main() -> None:
-    """`python -m flowyard.render.compose`: re-render the committed files from the defaults,
+    """`python -m flowyard.compose.render`: re-render the committed files from the defaults,
     whatever FLOWYARD_* variables or flowyard.toml this machine has."""
     root = source_root()
     if root is None:

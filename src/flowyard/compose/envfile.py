@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 
+from flowyard.compose import view as c
+from flowyard.config.context import Context
 from flowyard.config.model import FlowyardConfig
 from flowyard.config.secrets import Secrets
-from flowyard.render import containers as c
-from flowyard.services.base import Context
 
 _REFERENCE = re.compile(r"\$\{([A-Z0-9_]+)")
 

@@ -20,8 +20,8 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.deployments.steps.core import run_steps
 
-from flowyard.deploy.project import DeploymentSpec, load_project
-from flowyard.deploy.validate import problems
+from flowyard.projects.project import DeploymentSpec, load_project
+from flowyard.projects.validate import problems
 
 
 async def _validate(root: Path, specs: list[DeploymentSpec]) -> list[str]:

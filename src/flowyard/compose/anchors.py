@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowyard.render.yaml_emit import MERGE, Alias, Anchor
+from flowyard.compose.yaml_emit import MERGE, Alias, Anchor
 
 
 def factor(d: dict[str, Any], anchors: list[tuple[str, Any]]) -> Any:

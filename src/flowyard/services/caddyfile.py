@@ -6,8 +6,10 @@ which is exactly what `Upstreams` holds. A parity test renders both and compares
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK, FlowyardConfig
 
 # Prefect routes that upgrade to websockets; Caddy proxies upgrades on any route, and these
@@ -32,49 +34,31 @@ class Upstreams:
     admin: str
 
     @classmethod
-    def native(cls, config: FlowyardConfig) -> Upstreams:
-        from flowyard.config.paths import Paths
-
-        paths = Paths(config.home)
+    def from_context(cls, ctx: Context) -> Upstreams:
+        """Where Caddy finds each upstream and its files: loopback natively, container names
+        and the images' paths under compose (both come in through `ctx`)."""
+        config, hosts = ctx.config, ctx.hosts
         return cls(
-            prefect=f"{LOOPBACK}:{config.prefect.port}",
-            s3=f"{LOOPBACK}:{config.object_store.s3_port}"
+            prefect=f"{hosts.prefect_api}:{config.prefect.port}",
+            s3=f"{hosts.object_store}:{config.object_store.s3_port}"
             if config.object_store.kind == "seaweedfs"
             else None,
-            mlflow=f"{LOOPBACK}:{config.mlflow.port}" if config.mlflow.enabled else None,
-            files_root=str(paths.files),
-            access_log=str(paths.log_file("caddy-access")),
-            listen=config.proxy.listen_address,
-            admin=f"{LOOPBACK}:{config.proxy.admin_port}",
-        )
-
-    @classmethod
-    def container(cls, config: FlowyardConfig) -> Upstreams:
-        """Compose mode: upstreams by container name, paths inside the caddy image."""
-        from flowyard.config.paths import Paths
-        from flowyard.render import containers as c
-
-        # The compose file mounts volumes at the native paths under the images' home.
-        paths = Paths(c.HOME)
-        return cls(
-            prefect=f"{c.PREFECT_API}:{config.prefect.port}",
-            s3=f"{c.SEAWEEDFS}:{config.object_store.s3_port}"
-            if config.object_store.kind == "seaweedfs"
-            else None,
-            mlflow=f"{c.MLFLOW}:{config.mlflow.port}" if config.mlflow.enabled else None,
-            files_root=str(paths.files),
-            access_log=str(paths.log_file("caddy-access")),
-            # Inside its own network namespace; the published ports decide what is exposed.
-            listen="0.0.0.0",
+            mlflow=f"{hosts.mlflow}:{config.mlflow.port}" if config.mlflow.enabled else None,
+            files_root=str(ctx.paths.files),
+            access_log=str(ctx.paths.log_file("caddy-access")),
+            listen=hosts.proxy_bind or config.proxy.listen_address,
+            # The admin API never leaves the process's own loopback.
             admin=f"{LOOPBACK}:{config.proxy.admin_port}",
         )
 
 
-def _site_address(host: str, port: int) -> str:
-    return f"https://{host}:{port}"
+def _site_addresses(host: str, port: int, extra_names: Sequence[str]) -> str:
+    return ", ".join(f"https://{name}:{port}" for name in (host, *extra_names))
 
 
-def render_caddyfile(config: FlowyardConfig, up: Upstreams) -> str:
+def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequence[str] = ()) -> str:
+    """The Caddyfile. `extra_names` are more names each HTTPS site answers to (compose's
+    workers reach Caddy by its container name, which the internal CA must certify too)."""
     proxy = config.proxy
     tls = "tls internal" if proxy.tls == "internal" else f"tls {proxy.acme_email or ''}".rstrip()
     global_opts = [
@@ -92,7 +76,7 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams) -> str:
     lines = ["{", *(f"\t{o}" for o in global_opts), "}", ""]
 
     main = [
-        f"{_site_address(proxy.host, proxy.https_port)} {{",
+        f"{_site_addresses(proxy.host, proxy.https_port, extra_names)} {{",
         f"\t{tls}",
         "\tencode zstd gzip",
         "\tlog {",
@@ -128,7 +112,7 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams) -> str:
         # S3 signatures cover the Host header; Caddy forwards it unchanged, and nothing is
         # re-encoded here because checksums cover the body.
         lines += [
-            f"{_site_address(proxy.host, proxy.s3_https_port)} {{",
+            f"{_site_addresses(proxy.host, proxy.s3_https_port, extra_names)} {{",
             f"\t{tls}",
             f"\treverse_proxy {up.s3} {{",
             "\t\tflush_interval -1",

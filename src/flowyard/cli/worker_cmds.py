@@ -9,8 +9,14 @@ from pathlib import Path
 import typer
 
 from flowyard.cli._common import HomeOption, console, handle_errors, resolve_home
-from flowyard.platform import lifecycle
-from flowyard.platform.join import JoinInfo, check_connection, default_worker_name, worker_env
+from flowyard.client.joinfile import JoinInfo
+from flowyard.config.context import load_context
+from flowyard.platform.join import (
+    check_connection,
+    default_worker_name,
+    join_info,
+    joined_worker_env,
+)
 
 app = typer.Typer(help="Workers on other machines.", no_args_is_help=True)
 
@@ -23,8 +29,8 @@ def join_file(
     home: Path | None = HomeOption,
 ) -> None:
     """Write the file a remote worker joins with (URL, CA, credentials, pool)."""
-    ctx = lifecycle.load_context(resolve_home(home))
-    info = JoinInfo.from_platform(ctx, pool or ctx.config.worker.pool)
+    ctx = load_context(resolve_home(home))
+    info = join_info(ctx, pool or ctx.config.worker.pool)
     info.write(out)
     console.print(
         f"[green]Wrote[/] {out} (0600). It grants access to the platform: copy it safely."
@@ -55,10 +61,11 @@ def join(
     info = JoinInfo.read(join_file)
     if pool:
         info.pool = pool
-    base = (url or info.url).rstrip("/")
     home.mkdir(parents=True, exist_ok=True)
-    env = worker_env(info, base, home)
-    for line in check_connection(info, env):
+    profile = info.profile(home, url)
+    base = profile.url
+    env = joined_worker_env(profile, home)
+    for line in check_connection(profile, info.pool):
         console.print(f"  [green]✓[/] {line}")
     if check_only:
         return
@@ -77,7 +84,9 @@ def join(
     ]
     console.print(f"Starting worker for pool {info.pool!r} at {base}")
     sys.stdout.flush()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "MLFLOW_"))
+    }
     os.chdir(home)
     # exec: the worker becomes this process, so signals and exit codes reach it directly.
     os.execve(argv[0], argv, {**clean, **env})

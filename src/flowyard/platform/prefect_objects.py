@@ -1,6 +1,6 @@
 """Declarative Prefect objects: the results block, work pools, queues and global limits.
 
-Runs as `python -m flowyard.platform.prefect_setup` in a child process whose environment
+Runs as `python -m flowyard.platform.prefect_objects` in a child process whose environment
 points the Prefect client at the platform, so the caller's own Prefect settings never mix in.
 Every step is create-or-update, so `flowyard apply` can run any number of times.
 """

@@ -1,0 +1,104 @@
+"""The worker join file: a client profile on paper, for a worker on another machine.
+
+It holds what that worker needs and nothing else: the public URLs, the CA certificate, the
+API, S3 and MLflow credentials, the pool. It is written 0600; anyone holding it can run
+flows on the platform. A joined worker's environment is `client_env` of the profile the
+file describes, exactly as the server's own worker gets `client_env` of the platform's.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import tomli_w
+
+from flowyard.client.profile import ClientProfile, MlflowLogin
+from flowyard.errors import FlowyardError
+from flowyard.files import write_private
+
+HEADER = b"# Flowyard worker join file: grants access to the platform. Keep it 0600.\n"
+
+
+@dataclass
+class JoinInfo:
+    url: str
+    s3_url: str
+    pool: str
+    auth_string: str
+    s3_access_key: str
+    s3_secret_key: str
+    region: str
+    code_bucket: str
+    ca_cert: str  # PEM; empty with a public (ACME) certificate
+    # Added after the first release: files written before carry none of these, and a worker
+    # joined with such a file simply gets no MLflow settings (copy a fresh file to fix).
+    results_bucket: str = ""
+    ca_signs_s3: bool = True
+    mlflow_uri: str = ""
+    mlflow_user: str = ""
+    mlflow_password: str = ""
+
+    @classmethod
+    def from_profile(cls, profile: ClientProfile, pool: str) -> JoinInfo:
+        return cls(
+            url=profile.url,
+            s3_url=profile.s3_url,
+            pool=pool,
+            auth_string=profile.auth_string,
+            s3_access_key=profile.s3_access_key,
+            s3_secret_key=profile.s3_secret_key,
+            region=profile.region,
+            code_bucket=profile.code_bucket,
+            ca_cert=profile.ca_file.read_text() if profile.ca_file else "",
+            results_bucket=profile.results_bucket,
+            ca_signs_s3=profile.ca_signs_s3,
+            mlflow_uri=profile.mlflow.uri if profile.mlflow else "",
+            mlflow_user=profile.mlflow.user if profile.mlflow else "",
+            mlflow_password=profile.mlflow.password if profile.mlflow else "",
+        )
+
+    def profile(self, home: Path, url: str | None = None) -> ClientProfile:
+        """The profile on the joining machine: the CA written under `home`, and `url` when
+        the worker reaches the platform by another name than the file's."""
+        ca_file = None
+        if self.ca_cert:
+            ca_file = home / "ca.crt"
+            write_private(ca_file, self.ca_cert)
+        base = (url or self.url).rstrip("/")
+        mlflow = None
+        if self.mlflow_uri:
+            # The tracking URI follows the URL the worker uses, as the API's does.
+            uri = base + self.mlflow_uri.removeprefix(self.url)
+            mlflow = MlflowLogin(uri=uri, user=self.mlflow_user, password=self.mlflow_password)
+        return ClientProfile(
+            url=base,
+            s3_url=self.s3_url,
+            auth_string=self.auth_string,
+            s3_access_key=self.s3_access_key,
+            s3_secret_key=self.s3_secret_key,
+            region=self.region,
+            code_bucket=self.code_bucket,
+            results_bucket=self.results_bucket,
+            ca_file=ca_file,
+            ca_signs_s3=bool(ca_file) and self.ca_signs_s3,
+            mlflow=mlflow,
+        )
+
+    def write(self, path: Path) -> None:
+        write_private(path, HEADER + tomli_w.dumps(asdict(self)).encode())
+
+    @classmethod
+    def read(cls, path: Path) -> JoinInfo:
+        try:
+            return cls(**tomllib.loads(path.read_text()))
+        except FileNotFoundError:
+            raise FlowyardError(
+                f"No join file at {path}.",
+                fix="On the server run `flowyard worker join-file --out FILE` and copy FILE here.",
+            ) from None
+        except (tomllib.TOMLDecodeError, TypeError) as exc:
+            raise FlowyardError(
+                f"{path} is not a Flowyard join file: {exc}", fix="Copy it again from the server."
+            ) from exc

@@ -1,0 +1,36 @@
+"""The platform's services, in the order they start (each depends only on earlier ones).
+
+The one list: native mode (`flowyard.platform.registry`) walks it, and the compose renderer
+takes its service order from it, so the two cannot list different services.
+"""
+
+from __future__ import annotations
+
+from flowyard.config.context import Context
+from flowyard.services import (
+    caddy,
+    local_worker,
+    postgres,
+    prefect_api,
+    prefect_services,
+    redis,
+    seaweedfs,
+)
+from flowyard.services.base import Service
+
+
+def services(ctx: Context) -> list[Service]:
+    cfg = ctx.config
+    found = [postgres.service(ctx), redis.service(ctx)]
+    if cfg.object_store.kind == "seaweedfs":
+        found.append(seaweedfs.service(ctx))
+    found += [prefect_api.service(ctx), prefect_services.service(ctx)]
+    if cfg.mlflow.enabled:
+        # Imported only when enabled: MLflow is an optional extra.
+        from flowyard.services import mlflow
+
+        found.append(mlflow.service(ctx))
+    found.append(caddy.service(ctx))
+    if cfg.worker.enabled:
+        found.append(local_worker.service(ctx))
+    return found
