@@ -17,7 +17,6 @@ tree and every process it leaves behind can be killed.
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from flowyard.config.model import DEFAULT_POOL_TYPE, WorkerConfig, default_pools
 from flowyard.platform.lifecycle import tail
 from flowyard.services import local_worker as worker_service
 from flowyard.services.base import binary
+from flowyard.waiting import wait_until
 
 KINDS = ("auto", "platform", "process", "flowyard")
 
@@ -184,13 +184,14 @@ def running_worker(
         )
     worker = RunningWorker(kind, pool, name, process, log)
     try:
-        end = time.monotonic() + ready_timeout
-        while not registered(ctx, pool, name):
+
+        def up() -> bool:
             if process.poll() is not None:
                 raise RuntimeError(f"{kind.key} worker exited ({process.returncode}):\n{tail(log)}")
-            if time.monotonic() > end:
-                raise RuntimeError(f"{kind.key} worker not registered after {ready_timeout} s")
-            time.sleep(0.25)
+            return registered(ctx, pool, name)
+
+        if not wait_until(up, ready_timeout):
+            raise RuntimeError(f"{kind.key} worker not registered after {ready_timeout} s")
         yield worker
     finally:
         # INT is what stops a Prefect 3.9 worker (it ignores TERM), as the platform does.

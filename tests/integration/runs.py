@@ -16,6 +16,7 @@ import httpx
 from flowyard.client.api import api_client
 from flowyard.config.context import Context
 from flowyard.services.seaweedfs import s3_client
+from flowyard.waiting import wait_until
 from tests.integration.conftest import flowyard_cli
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -56,17 +57,18 @@ def flow_run(ctx: Context, run_id: str) -> dict[str, Any]:
 
 
 def wait_state(ctx: Context, run_id: str, states: set[str], timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    run = flow_run(ctx, run_id)
-    while run["state_type"] not in states:
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"flow run {run_id} still {run['state_type']} after {timeout} s "
-                f"(wanted {sorted(states)}): {run['state']}"
-            )
-        time.sleep(1)
-        run = flow_run(ctx, run_id)
-    return run
+    last: dict[str, Any] = {}
+
+    def reached() -> bool:
+        last.update(flow_run(ctx, run_id))
+        return last["state_type"] in states
+
+    if not wait_until(reached, timeout, interval=1):
+        raise AssertionError(
+            f"flow run {run_id} still {last['state_type']} after {timeout} s "
+            f"(wanted {sorted(states)}): {last['state']}"
+        )
+    return last
 
 
 def result_value(ctx: Context, run: dict[str, Any]) -> Any:

@@ -36,6 +36,7 @@ from flowyard.platform import lifecycle
 from flowyard.platform.supervisor import Supervisor
 from flowyard.services import caddy, prefect_api, seaweedfs
 from flowyard.testing import running_platform
+from flowyard.waiting import wait_until
 from tests.integration.conftest import flowyard_cli
 from tests.integration.runs import (
     TERMINAL,
@@ -100,12 +101,9 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not within {timeout} s")
-        time.sleep(0.5)
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    if not wait_until(check, timeout, interval=0.5):
+        raise AssertionError(f"{what} not within {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +120,7 @@ def worker_killed(yard: Context) -> dict[str, Any]:
     for run_id in (victim, survivor):
         wait_state(yard, run_id, {"RUNNING"}, timeout=240)
     # The zombie automation arms on a run's first heartbeat: wait until it is recorded.
-    wait_until(
+    wait_for(
         lambda: bool(events(yard, f"prefect.flow-run.{victim}", "prefect.flow-run.heartbeat")),
         timeout=90,
         what="the victim's first heartbeat",
@@ -148,7 +146,7 @@ def test_worker_killed_mid_run_is_restarted_and_leaves_no_orphans(
     yard: Context, worker_killed: dict[str, Any]
 ) -> None:
     # supervisord restarts the worker...
-    wait_until(
+    wait_for(
         lambda: (
             Supervisor(yard.paths).info("worker")["statename"] == "RUNNING"
             and supervisor_pid(yard, "worker") != worker_killed["old_worker"]
@@ -157,7 +155,7 @@ def test_worker_killed_mid_run_is_restarted_and_leaves_no_orphans(
         what="a restarted worker",
     )
     # ...no process of the killed worker's runs is left...
-    wait_until(
+    wait_for(
         lambda: not any(alive(pid) for pid in worker_killed["run_pids"]),
         timeout=30,
         what="the killed worker's flow-run processes gone",
@@ -173,7 +171,7 @@ def test_prefect_api_kill_9_during_a_run(yard: Context) -> None:
     wait_state(yard, run_id, {"RUNNING"}, timeout=240)
     old = supervisor_pid(yard, "prefect-api")
     os.kill(old, signal.SIGKILL)
-    wait_until(
+    wait_for(
         lambda: supervisor_pid(yard, "prefect-api") != old and prefect_api.is_ready(yard),
         timeout=120,
         what="the API restarted by supervisord",
@@ -206,7 +204,7 @@ def test_caddy_restart_with_open_websockets(yard: Context) -> None:
         sup = Supervisor(yard.paths)
         sup.stop_process("caddy")
         sup.start_process("caddy")
-        wait_until(lambda: caddy.is_ready(yard), timeout=60, what="Caddy back")
+        wait_for(lambda: caddy.is_ready(yard), timeout=60, what="Caddy back")
         client.stdin.write("go\n")
         client.stdin.flush()
         out, err = client.communicate(timeout=120)
@@ -216,10 +214,11 @@ def test_caddy_restart_with_open_websockets(yard: Context) -> None:
         if client.poll() is None:
             client.kill()
     assert len(sent) == 6
-    deadline = time.monotonic() + 90
-    while {e["id"] for e in events(yard, resource)} != sent:
-        assert time.monotonic() < deadline, "events sent across the restart were not recorded"
-        time.sleep(2)
+    wait_for(
+        lambda: {e["id"] for e in events(yard, resource)} == sent,
+        90,
+        "every event sent across the restart recorded",
+    )
     run = wait_state(yard, run_id, TERMINAL, timeout=240)
     assert run["state_type"] == "COMPLETED", run["state"]
 
@@ -260,7 +259,7 @@ def test_object_store_restart_during_result_write(yard: Context) -> None:
     sup.stop_process("seaweedfs")
     time.sleep(12)  # the result write (at 5 s) meets a store that is down
     sup.start_process("seaweedfs")
-    wait_until(lambda: seaweedfs.is_ready(yard), timeout=60, what="the object store back")
+    wait_for(lambda: seaweedfs.is_ready(yard), timeout=60, what="the object store back")
     run = wait_state(yard, run_id, TERMINAL, timeout=300)
     if run["state_type"] == "COMPLETED":
         assert result_value(yard, run) == "x" * 5000
@@ -357,7 +356,7 @@ def test_object_store_disk_full_is_a_clear_error(
         run = wait_state(yard, run_id, TERMINAL, 300)
         if run["state_type"] == "COMPLETED" and not _stored(yard, run):
             # Logs are shipped in batches: the final state can land before the last of them.
-            wait_until(
+            wait_for(
                 lambda: "the result has not been persisted" in " ".join(run_logs(yard, run_id)),
                 timeout=60,
                 what="the run's log saying its result was not persisted",
@@ -368,7 +367,7 @@ def test_object_store_disk_full_is_a_clear_error(
     # Space back: writes work again without a restart.
     client = seaweedfs.s3_client(yard)
     bucket = yard.config.object_store.results_bucket
-    wait_until(
+    wait_for(
         lambda: _put(client, bucket, "after-full"), timeout=60, what="the store writable again"
     )
     assert [s.problem for s in lifecycle.status(yard) if s.name == "seaweedfs"] == [None]

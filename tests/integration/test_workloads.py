@@ -24,9 +24,10 @@ from flowyard.client.env import child_env
 from flowyard.config.context import Context
 from flowyard.platform import lifecycle
 from flowyard.testing import running_platform
+from flowyard.waiting import wait_until
 from tests.integration.conftest import flowyard_cli
 from tests.integration.netns import RemoteHost, remote_host
-from tests.integration.runs import run_pids
+from tests.integration.runs import flow_run, run_pids, wait_state
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTRA = Path(__file__).parent / "projects" / "extra"
@@ -86,21 +87,6 @@ def create_run(ctx: Context, deployment_name: str, queue: str | None = None, **p
         return str(r.json()["id"])
 
 
-def flow_run(ctx: Context, run_id: str) -> dict[str, Any]:
-    with api_client(ctx) as api:
-        return dict(api.get(f"/flow_runs/{run_id}").json())
-
-
-def wait_state(ctx: Context, run_id: str, states: set[str], timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = flow_run(ctx, run_id)
-        if run["state_type"] in states:
-            return run
-        time.sleep(1)
-    raise AssertionError(f"flow run {run_id} still {run['state_type']} after {timeout} s")
-
-
 def start_worker(ctx: Context, pool: str, limit: int = 1) -> subprocess.Popen[bytes]:
     log = open(ctx.paths.logs / f"test-worker-{pool}.log", "ab")  # noqa: SIM115
     return subprocess.Popen(
@@ -156,19 +142,19 @@ def test_seed_schedule_and_parameters(deployed: Context) -> None:
     assert dep["pull_steps"][0]["prefect_aws.deployments.steps.pull_from_s3"]["bucket"] == (
         deployed.config.object_store.code_bucket
     )
+
     # The scheduler (in the background-services process) creates the upcoming runs.
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    def scheduled() -> bool:
         with api_client(deployed) as api:
             runs = api.post(
                 "/flow_runs/filter",
                 json={"deployments": {"id": {"any_": [dep["id"]]}}},
             ).json()
-        if any(r["state_type"] == "SCHEDULED" for r in runs):
-            break
-        time.sleep(2)
-    else:
-        raise AssertionError("the scheduler created no scheduled run for scheduled-greeting")
+        return any(r["state_type"] == "SCHEDULED" for r in runs)
+
+    assert wait_until(scheduled, 120, interval=2), (
+        "the scheduler created no scheduled run for scheduled-greeting"
+    )
 
 
 def test_run_on_demand_completes_with_result_in_s3(deployed: Context) -> None:

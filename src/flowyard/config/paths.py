@@ -81,6 +81,22 @@ class Paths:
         return self.run / "supervisord.pid"
 
     @property
+    def sockets(self) -> Path:
+        """Unix sockets of the internal hops (Caddy's admin API and upstreams, Redis,
+        MLflow, the Prefect API, S3): owner-only, so another local user cannot connect
+        where a loopback port would have let anyone in."""
+        return self.run / "sockets"
+
+    def socket(self, name: str) -> Path:
+        return self.sockets / f"{name}.sock"
+
+    @property
+    def postgres_sockets(self) -> Path:
+        """PostgreSQL's socket directory: owned by the user PostgreSQL runs as (a system
+        user on a root install), 0700."""
+        return self.run / "postgres"
+
+    @property
     def prefect_home(self) -> Path:
         return self.data / "prefect"
 

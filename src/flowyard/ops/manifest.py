@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import stat
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from flowyard.errors import FlowyardError
+from flowyard.files import write_private
 
 FORMAT = "flowyard-backup"
 FORMAT_VERSION = 1
@@ -131,13 +131,7 @@ def scan(root: Path) -> dict[str, FileEntry]:
 def write_manifest(root: Path, manifest: Manifest) -> Path:
     """Written last and atomically: its presence is what marks a backup complete."""
     target = root / MANIFEST
-    tmp = root / (MANIFEST + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(manifest.to_json())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
+    write_private(target, manifest.to_json())
     return target
 
 
