@@ -20,7 +20,7 @@ import httpx
 from benchmarks.harness import BenchEnv, say
 from benchmarks.report import BenchResult, Figure
 from benchmarks.stats import rate, summarize
-from flowyard.client.api import api_client, auth_header
+from flowyard.client.api import api_client, auth_header, prefect_api_socket
 from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK
 
@@ -43,8 +43,21 @@ def client_options(ctx: Context) -> dict[str, dict[str, Any]]:
         proxy["verify"] = ssl.create_default_context(cafile=str(ctx.paths.ca_cert))
     return {
         "proxy": proxy,
-        "direct": {"base_url": f"http://{LOOPBACK}:{ctx.config.prefect.port}", "headers": headers},
+        # Prefect itself, on the owner-only socket Caddy forwards to.
+        "direct": {
+            "base_url": f"http://{LOOPBACK}:{ctx.config.prefect.port}",
+            "headers": headers,
+            "uds": str(prefect_api_socket(ctx)),
+        },
     }
+
+
+def sync_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """`client_options` for httpx.Client: a Unix socket becomes its transport."""
+    kwargs = {k: v for k, v in opts.items() if k != "uds"}
+    if "uds" in opts:
+        kwargs["transport"] = httpx.HTTPTransport(uds=opts["uds"])
+    return kwargs
 
 
 def seed_flow_runs(ctx: Context) -> int:
@@ -67,8 +80,8 @@ def sequential(ctx: Context, count: int) -> dict[str, dict[str, list[float]]]:
     opts = client_options(ctx)
     samples: dict[str, dict[str, list[float]]] = {c: {"direct": [], "proxy": []} for c in CALLS}
     with (
-        httpx.Client(**opts["direct"], timeout=30) as direct,
-        httpx.Client(**opts["proxy"], timeout=30) as proxy,
+        httpx.Client(**sync_options(opts["direct"]), timeout=30) as direct,
+        httpx.Client(**sync_options(opts["proxy"]), timeout=30) as proxy,
     ):
         clients = {"direct": direct, "proxy": proxy}
         for call, (method, path, body) in CALLS.items():
@@ -91,7 +104,11 @@ async def _hammer(
     method, path, body = CALLS[call]
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     done = errors = 0
-    async with httpx.AsyncClient(**opts, limits=limits, timeout=30) as client:
+    uds = opts.get("uds")
+    kwargs = {k: v for k, v in opts.items() if k != "uds"}
+    if uds:
+        kwargs["transport"] = httpx.AsyncHTTPTransport(uds=uds, limits=limits)
+    async with httpx.AsyncClient(**kwargs, limits=limits, timeout=30) as client:
         await asyncio.gather(*(client.request(method, path, json=body) for _ in range(concurrency)))
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
@@ -140,7 +157,7 @@ def concurrent(ctx: Context, env: BenchEnv) -> dict[str, dict[str, dict[str, flo
 def run(env: BenchEnv, res: BenchResult) -> None:
     ctx, plan = env.platform, env.plan
     res.candidate = f"through Caddy ({ctx.config.proxy.url}, TLS with the internal CA)"
-    res.reference = f"direct to Prefect on {LOOPBACK}:{ctx.config.prefect.port} (plain HTTP)"
+    res.reference = f"direct to Prefect on its Unix socket {prefect_api_socket(ctx)} (plain HTTP)"
     res.details["flow_runs_in_db"] = seed_flow_runs(ctx)
     say(f"api: {plan.api_requests} sequential requests per call and path")
     samples = sequential(ctx, plan.api_requests)

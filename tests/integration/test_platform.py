@@ -257,11 +257,12 @@ def test_port_taken_names_port_and_setting(homes: Callable[[str], Path]) -> None
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        ctx = init_home(homes("taken"), prefect={"port": port})
+        # The proxy's public port: natively every internal hop is a Unix socket.
+        ctx = init_home(homes("taken"), proxy={"https_port": port})
         with pytest.raises(FlowyardError) as err:
             lifecycle.up(ctx, lambda *_: None)
     text = str(err.value)
-    assert f"port {port} (prefect.port)" in text and "FLOWYARD_PREFECT__PORT" in text
+    assert f"port {port} (proxy.https_port)" in text and "FLOWYARD_PROXY__HTTPS_PORT" in text
     assert platform_pids(ctx) == set()
 
 

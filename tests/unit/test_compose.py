@@ -34,7 +34,15 @@ from flowyard.compose.yaml_emit import MERGE, Alias, Anchor, Tagged, dump
 from flowyard.config.context import Context
 from flowyard.config.model import FlowyardConfig
 from flowyard.config.secrets import Secrets
-from flowyard.services import local_worker, mlflow, postgres, prefect_api, redis, seaweedfs
+from flowyard.services import (
+    local_worker,
+    mlflow,
+    postgres,
+    prefect_api,
+    prefect_services,
+    redis,
+    seaweedfs,
+)
 from flowyard.services.caddyfile import Upstreams, render_caddyfile, routes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -405,8 +413,8 @@ def test_native_and_container_caddyfiles_route_the_same_paths(
 def test_every_native_prefect_setting_is_in_compose(tmp_path: Path, dev: dict[str, Any]) -> None:
     ctx = native_context(tmp_path)
     services = dev["services"]
-    for name in (c.PREFECT_API, c.PREFECT_SERVICES):
-        assert set(prefect_api.server_env(ctx)) == set(services[name]["environment"]), name
+    for native in (prefect_api.service(ctx), prefect_services.service(ctx)):
+        assert set(native.env) == set(services[native.name]["environment"]), native.name
     worker_env = services[c.WORKER]["environment"]
     assert set(platform_client_env(ctx)) <= set(worker_env)
     assert set(local_worker.env(ctx)) <= set(worker_env)
@@ -425,8 +433,8 @@ def test_init_job_sees_what_the_services_see(dev: dict[str, Any]) -> None:
     env = {k: filled(v) for k, v in dev["services"][c.INIT]["environment"].items()}
     config = FlowyardConfig.model_validate_json(env["FLOWYARD_SETUP_CONFIG"])
     ctx = Context(config=config, secrets=c.secrets_from_env(env), hosts=c.HOSTS)
-    expected = {k: filled(v) for k, v in dev["services"][c.PREFECT_API]["environment"].items()}
-    assert prefect_api.server_env(ctx) == expected
+    shared = dev["services"][c.PREFECT_SERVICES]["environment"]
+    assert prefect_api.server_env(ctx) == {k: filled(v) for k, v in shared.items()}
     assert mlflow.db_url(ctx) == filled(
         dev["services"][c.MLFLOW]["environment"]["MLFLOW_BACKEND_STORE_URI"]
     )
@@ -435,7 +443,9 @@ def test_init_job_sees_what_the_services_see(dev: dict[str, Any]) -> None:
 
 
 def _flags(argv: list[str]) -> list[str]:
-    return [a.split("=", 1)[0] for a in argv if a.startswith("-")]
+    # A value holding options of its own (MLflow's --uvicorn-opts) counts by its first one:
+    # natively it adds --uds, since the internal hops are Unix sockets there.
+    return [a.split()[0].split("=", 1)[0] for a in argv if a.startswith("-")]
 
 
 def test_every_native_command_flag_is_in_compose(tmp_path: Path, dev: dict[str, Any]) -> None:
@@ -443,13 +453,23 @@ def test_every_native_command_flag_is_in_compose(tmp_path: Path, dev: dict[str, 
     services = dev["services"]
     assert _flags(seaweedfs.command(ctx)) == _flags(services[c.SEAWEEDFS]["command"])
     assert _flags(mlflow.command(ctx)) == _flags(services[c.MLFLOW]["command"])
-    assert _flags(prefect_api.service(ctx).command) == _flags(services[c.PREFECT_API]["command"])
+    # Natively the API listens on its socket (--uds), in a container on --host/--port.
+    listen = {"--uds", "--host", "--port"}
+    api_flags = lambda argv: [f for f in _flags(argv) if f not in listen]  # noqa: E731
+    assert api_flags(prefect_api.service(ctx).command) == api_flags(
+        services[c.PREFECT_API]["command"]
+    )
     native_pg = postgres.service(ctx).command
     settings = {a.split("=")[0] for f, a in itertools.pairwise(native_pg) if f == "-c"}
     container_pg = services[c.POSTGRES]["command"]
     in_compose = {a.split("=")[0] for f, a in itertools.pairwise(container_pg) if f == "-c"}
-    # Only the loopback binding is native-only: containers listen on their network.
-    assert settings - in_compose == {"listen_addresses", "unix_socket_directories"}
+    # Only how it listens is native-only (an owner-only socket, no TCP): containers listen
+    # on their private network.
+    assert settings - in_compose == {
+        "listen_addresses",
+        "unix_socket_directories",
+        "unix_socket_permissions",
+    }
     assert "--name" in services[c.WORKER]["command"][-1]
 
 
@@ -457,7 +477,11 @@ def test_every_native_redis_and_s3_setting_is_in_compose(
     tmp_path: Path, dev: dict[str, Any]
 ) -> None:
     ctx = native_context(tmp_path)
-    directives = lambda text: [line.split()[0] for line in text.splitlines() if line]  # noqa: E731
+    # How it listens differs by design (natively an owner-only socket, no port).
+    listening = {"bind", "port", "unixsocket", "unixsocketperm"}
+    directives = lambda text: [  # noqa: E731
+        line.split()[0] for line in text.splitlines() if line and line.split()[0] not in listening
+    ]
     assert directives(redis.render_conf(ctx)) == directives(dev["configs"]["redis_conf"]["content"])
     native_s3 = json.loads(seaweedfs.render_s3_config(ctx))
     container_s3 = json.loads(dev["configs"]["seaweedfs_s3"]["content"])

@@ -55,8 +55,10 @@ def aliases(value: Any) -> list[Alias]:
 
 
 def shared(services: dict[str, Any], key: str, names: list[str]) -> dict[str, Any]:
-    """The `key` mapping the given services have in common (e.g. one environment)."""
+    """The entries of the `key` mapping that the given services all have, with the same
+    values (e.g. the environment two processes share; each keeps its own extras)."""
     values = [services[n].get(key) for n in names if n in services]
-    if len(values) < 2 or any(v != values[0] for v in values):
+    if len(values) < 2 or not all(isinstance(v, dict) for v in values):
         return {}
-    return dict(values[0]) if isinstance(values[0], dict) else {}
+    first = values[0]
+    return {k: v for k, v in first.items() if all(other.get(k) == v for other in values[1:])}

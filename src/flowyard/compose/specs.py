@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,8 +109,10 @@ def own_image(image: str, build_context: str | None) -> dict[str, Any]:
 
 
 def program(argv: list[str]) -> list[str]:
-    """A native command with its program by name, as it is on the image's PATH."""
-    return [argv[0].rsplit("/", 1)[-1], *argv[1:]]
+    """A native command with its program by name, as it is on the image's PATH (a Python
+    module run by this interpreter natively runs by the image's `python`)."""
+    name = "python" if argv[0] == sys.executable else argv[0].rsplit("/", 1)[-1]
+    return [name, *argv[1:]]
 
 
 def secret(ctx: Context, name: str) -> str:
@@ -212,7 +215,7 @@ def seaweedfs_spec(cx: Contexts) -> Spec:
 
 def prefect_spec(cx: Contexts, native: Service, name: str) -> Spec:
     """prefect-api and prefect-services: one image, one environment, two processes."""
-    ctx, port = cx.server, cx.server.config.prefect.port
+    port = cx.server.config.prefect.port
     needs = {c.POSTGRES: "healthy", c.REDIS: "healthy", c.INIT: "done"}
     if name == c.PREFECT_API:
         check = http_check(f"http://{LOOPBACK}:{port}/api/health")
@@ -226,7 +229,7 @@ def prefect_spec(cx: Contexts, native: Service, name: str) -> Spec:
         service={
             **own_image(SERVER_IMAGE, cx.build_context),
             "command": program(native.command),
-            "environment": prefect_api.server_env(ctx),
+            "environment": native.env,
             "networks": {c.SERVER_NETWORK: {}},
             "depends_on": depends(needs),
             "healthcheck": {"test": check},

@@ -58,6 +58,8 @@ HOSTS = Hosts(
     mlflow=MLFLOW,
     # Inside its own network namespace; the published ports decide what is exposed.
     proxy_bind="0.0.0.0",
+    # Sockets do not cross containers; each network is private to the stack.
+    use_sockets=False,
 )
 
 # Production (the VM override): standard ports, public certificates, a domain from the env.

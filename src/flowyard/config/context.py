@@ -34,6 +34,9 @@ class Hosts:
     # Where Caddy listens: None means the config's `proxy.listen_address`. A container
     # listens on every interface of its own network namespace; published ports decide.
     proxy_bind: str | None = None
+    # Natively the internal hops are Unix sockets in owner-only directories (loopback is
+    # shared with every local user); containers talk TCP on their private networks.
+    use_sockets: bool = True
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,17 @@ class PostgresConfig(_Section):
 class RedisConfig(_Section):
     """Redis carries Prefect's events between the API and its background services."""
 
-    port: Port = Field(16379, description="Redis port, loopback only.")
+    port: Port = Field(
+        16379,
+        description="Redis port in containers; natively Redis listens on an owner-only "
+        "Unix socket and no port.",
+    )
+    maxmemory: str = Field(
+        "256mb",
+        pattern=r"^[1-9][0-9]*(kb|mb|gb)$",
+        description="Redis memory ceiling; when reached, writes fail loudly (noeviction) "
+        "rather than drop Prefect's leases.",
+    )
 
 
 class ObjectStoreConfig(_Section):

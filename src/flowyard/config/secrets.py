@@ -5,10 +5,12 @@ Nothing here has a default: a platform that ships a password ships it to everyon
 
 from __future__ import annotations
 
+import re
 import secrets
 import stat
 import tomllib
 from pathlib import Path
+from urllib.parse import quote
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -59,6 +61,15 @@ class Secrets(BaseModel):
     def values(self) -> list[str]:
         """Every secret value, for tests that prove none leaked into a rendered file."""
         return list(self.plain().values())
+
+
+def url_quoted(value: str) -> str:
+    """A secret as it goes into a URL's user-info: percent-encoded, so a hand-set password
+    with `@`, `:` or `/` cannot change the URL's meaning. A compose `${VAR:?}` reference is
+    left as it is: compose substitutes the value later (generated secrets are URL-safe)."""
+    if re.fullmatch(r"\$\{[A-Z0-9_]+:\?\}", value):
+        return value
+    return quote(value, safe="")
 
 
 def write_secrets(path: Path, value: Secrets) -> None:

@@ -25,7 +25,6 @@ from botocore.exceptions import ClientError
 
 import flowyard
 from flowyard.config.context import Context
-from flowyard.config.model import LOOPBACK
 from flowyard.errors import FlowyardError
 from flowyard.ops import manifest as mf
 from flowyard.ops.progress import Reporter
@@ -119,7 +118,8 @@ def _dump(ctx: Context, database: str, out: Path) -> None:
     # -Fc: compressed, and pg_restore can restore it selectively and in parallel.
     cmd = [
         postgres.bin_path(ctx, "pg_dump"),
-        *("-h", LOOPBACK, "-p", str(ctx.config.postgres.port), "-U", postgres.SUPERUSER),
+        *postgres.client_args(ctx),
+        *("-U", postgres.SUPERUSER),
         *("-d", database, "-Fc", "-w", "-f", str(out)),
     ]
     try:

@@ -22,7 +22,6 @@ from pydantic import ValidationError
 
 from flowyard.config.context import Context
 from flowyard.config.load import load_config
-from flowyard.config.model import LOOPBACK
 from flowyard.config.paths import Paths
 from flowyard.config.secrets import Secrets
 from flowyard.errors import FlowyardError
@@ -163,7 +162,8 @@ def _pg_restore(ctx: Context, database: str, dump: Path) -> None:
     env = {**os.environ, "PGPASSWORD": ctx.secrets.postgres_superuser_password.get_secret_value()}
     cmd = [
         postgres.bin_path(ctx, "pg_restore"),
-        *("-h", LOOPBACK, "-p", str(ctx.config.postgres.port), "-U", postgres.SUPERUSER),
+        *postgres.client_args(ctx),
+        *("-U", postgres.SUPERUSER),
         # One transaction: a dump that fails halfway leaves the database empty, not half full.
         *("-d", database, "--exit-on-error", "--single-transaction", "-w", str(dump)),
     ]

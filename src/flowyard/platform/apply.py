@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 
-from flowyard.client.api import local_api_url
 from flowyard.client.env import child_env
 from flowyard.client.profile import RESULTS_BLOCK_SLUG
 from flowyard.config.context import Context
@@ -20,16 +19,9 @@ from flowyard.errors import FlowyardError
 
 def apply(ctx: Context) -> list[str]:
     """Create or update the results block, pools, queues, limits and automations."""
-    env = child_env(
-        ctx,
-        # Bootstrap talks to the API on loopback so it works before the proxy is up.
-        PREFECT_API_URL=local_api_url(ctx),
-        FLOWYARD_SETUP_CONFIG=ctx.config.model_dump_json(),
-        # Not the client profile: it names the proxy's CA file, which Caddy has not made yet.
-        PREFECT_PROFILES_PATH=str(ctx.paths.prefect_server_profiles),
-    )
-    # Plain HTTP on loopback: Caddy (and its CA file) may not exist yet on a first start.
-    env.pop("PREFECT_API_SSL_CERT_FILE", None)
+    # Through the proxy with the platform's client profile, TLS verified, like any client:
+    # natively the API listens on an owner-only socket, which Prefect's client cannot use.
+    env = child_env(ctx, FLOWYARD_SETUP_CONFIG=ctx.config.model_dump_json())
     result = subprocess.run(
         [sys.executable, "-m", "flowyard.platform.prefect_objects", RESULTS_BLOCK_SLUG],
         env=env,

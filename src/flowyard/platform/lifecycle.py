@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,10 +105,55 @@ def _service_failed(ctx: Context, service: Service, why: str) -> FlowyardError:
     )
 
 
-def _prepare_dirs(paths: Paths) -> None:
+# Longest path a Unix socket may have (sun_path is 108 bytes with its terminating NUL).
+SOCKET_PATH_MAX = 107
+# Owned by other accounts or meant to be read by them: left as they are by `secure_home`.
+_PUBLIC = ("ca",)
+_FOREIGN = ("data/postgres", "data/pgdist", "run/postgres")
+
+
+def _prepare_dirs(ctx: Context) -> None:
+    paths = ctx.paths
     for d in (paths.home, paths.data, paths.logs, paths.run, paths.prefect_home, paths.files):
         d.mkdir(parents=True, exist_ok=True)
-    paths.run.chmod(0o700)
+    paths.sockets.mkdir(exist_ok=True)
+    secure_home(paths)
+    longest = max(
+        [paths.socket(n) for n in ("caddy-admin", "prefect-api", "mlflow", "redis", "s3")]
+        + [paths.postgres_sockets / f".s.PGSQL.{ctx.config.postgres.port}.lock"],
+        key=lambda p: len(str(p)),
+    )
+    if len(str(longest).encode()) > SOCKET_PATH_MAX:
+        raise FlowyardError(
+            f"FLOWYARD_HOME {paths.home} is too long for the platform's Unix sockets "
+            f"({longest} is {len(str(longest).encode())} bytes; the limit is "
+            f"{SOCKET_PATH_MAX}).",
+            fix="Use a shorter FLOWYARD_HOME (e.g. /var/lib/flowyard or ~/.flowyard).",
+        )
+
+
+def secure_home(paths: Paths) -> None:
+    """Nothing under FLOWYARD_HOME is readable by another local user: results, logs (with
+    flow output), configs and sockets alike. Homes made by earlier versions (0755 dirs,
+    0644 files) are tightened in place.
+
+    On a root install PostgreSQL runs as an unprivileged account, which must pass through
+    home, data and run (0711: traverse, never list); its own directories stay its own.
+    The exported CA certificate is public on purpose (clients of every user read it).
+    """
+    traverse = 0o011 if os.geteuid() == 0 else 0
+    for path in (paths.home, paths.data, paths.run):
+        path.chmod(0o700 | traverse)
+    skip = {paths.home / p for p in (*_PUBLIC, *_FOREIGN)}
+    for root, dirs, files in os.walk(paths.home):
+        here = Path(root)
+        dirs[:] = [d for d in dirs if here / d not in skip]
+        for name in [*dirs, *files]:
+            path = here / name
+            with contextlib.suppress(OSError):
+                mode = path.lstat().st_mode
+                if mode & 0o077 and not stat.S_ISLNK(mode) and path not in (paths.data, paths.run):
+                    path.chmod(stat.S_IMODE(mode) & 0o700)
 
 
 def supervisor_conf_changed(ctx: Context, services: list[Service]) -> bool:
@@ -134,7 +180,7 @@ def up(ctx: Context, progress: Progress, only: Collection[str] | None = None) ->
     and a failure then stops only what this call started."""
     paths = ctx.paths
     _check_home_writable(paths)
-    _prepare_dirs(paths)
+    _prepare_dirs(ctx)
     services = build_services(ctx)
     sup = Supervisor(paths)
     was_running = sup.running()

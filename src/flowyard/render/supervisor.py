@@ -52,6 +52,9 @@ def render_supervisor_conf(services: list[Service], paths: Paths) -> str:
         "chmod=0700",
         "",
         "[supervisord]",
+        # Every file a service writes (logs with flow output, volumes, results, sockets) is
+        # its owner's alone: loopback and /tmp-style permissions are not private.
+        "umask=077",
         f"logfile={paths.log_file('supervisord')}",
         "logfile_maxbytes=20MB",
         f"pidfile={paths.supervisor_pid}",

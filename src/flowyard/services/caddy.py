@@ -81,7 +81,8 @@ def service(ctx: Context) -> Service:
             "proxy.https_port": proxy.https_port,
             "proxy.http_port": proxy.http_port,
             "proxy.s3_https_port": proxy.s3_https_port,
-            "proxy.admin_port": proxy.admin_port,
+            # Natively the admin API is a Unix socket (services.caddyfile.Upstreams).
+            **({} if ctx.hosts.use_sockets else {"proxy.admin_port": proxy.admin_port}),
         },
         ready=lambda: is_ready(ctx),
         prepare=lambda: prepare(ctx),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK, FlowyardConfig
@@ -35,21 +36,32 @@ class Upstreams:
 
     @classmethod
     def from_context(cls, ctx: Context) -> Upstreams:
-        """Where Caddy finds each upstream and its files: loopback natively, container names
-        and the images' paths under compose (both come in through `ctx`)."""
+        """Where Caddy finds each upstream and its files: owner-only Unix sockets natively,
+        container names and the images' paths under compose (both come in through `ctx`)."""
         config, hosts = ctx.config, ctx.hosts
+        own_store = config.object_store.kind == "seaweedfs"
+
+        def at(name: str, host: str, port: int) -> str:
+            return unix(ctx.paths.socket(name)) if hosts.use_sockets else f"{host}:{port}"
+
         return cls(
-            prefect=f"{hosts.prefect_api}:{config.prefect.port}",
-            s3=f"{hosts.object_store}:{config.object_store.s3_port}"
-            if config.object_store.kind == "seaweedfs"
+            prefect=at("prefect-api", hosts.prefect_api, config.prefect.port),
+            s3=at("s3", hosts.object_store, config.object_store.s3_port) if own_store else None,
+            mlflow=at("mlflow", hosts.mlflow, config.mlflow.port)
+            if config.mlflow.enabled
             else None,
-            mlflow=f"{hosts.mlflow}:{config.mlflow.port}" if config.mlflow.enabled else None,
             files_root=str(ctx.paths.files),
             access_log=str(ctx.paths.log_file("caddy-access")),
             listen=hosts.proxy_bind or config.proxy.listen_address,
-            # The admin API never leaves the process's own loopback.
-            admin=f"{LOOPBACK}:{config.proxy.admin_port}",
+            # The admin API can rewrite every route: natively a socket only its owner can
+            # open; in a container, the container's own loopback.
+            admin=at("caddy-admin", LOOPBACK, config.proxy.admin_port),
         )
+
+
+def unix(path: Path) -> str:
+    """Caddy's network address of a Unix socket."""
+    return f"unix/{path}"
 
 
 def _site_addresses(host: str, port: int, extra_names: Sequence[str]) -> str:

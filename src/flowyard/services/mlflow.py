@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from flowyard.client.api import local_http
 from flowyard.client.profile import MLFLOW_ADMIN_USER, MLFLOW_PREFIX
 from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK
@@ -42,7 +43,13 @@ def auth_config_path(ctx: Context) -> Path:
     return ctx.paths.run / "mlflow-auth.ini"
 
 
+def socket(ctx: Context) -> Path | None:
+    return ctx.paths.socket("mlflow") if ctx.hosts.use_sockets else None
+
+
 def local_url(ctx: Context) -> str:
+    """MLflow itself, not through the proxy (over its socket natively; the address then
+    only fills the Host header, which MLflow checks against `allowed_hosts`)."""
     return f"http://{LOOPBACK}:{ctx.config.mlflow.port}{PREFIX}"
 
 
@@ -160,9 +167,10 @@ def command(ctx: Context) -> list[str]:
         cfg.proxy.url,
         "--app-name",
         "basic-auth",
-        # Caddy already writes an access log for every request.
+        # Caddy already writes an access log for every request. Natively uvicorn listens
+        # on a Unix socket instead of --host/--port (it prefers --uds when given both).
         "--uvicorn-opts",
-        "--no-access-log",
+        " ".join(["--no-access-log", *(["--uds", str(sock)] if (sock := socket(ctx)) else [])]),
     ]
 
 
@@ -197,15 +205,15 @@ def prepare(ctx: Context) -> None:
 
 def is_ready(ctx: Context) -> bool:
     try:
-        # /health needs no credentials; the second call proves store, auth and Host checks.
-        if httpx.get(f"{local_url(ctx)}/health", timeout=2).status_code != 200:
-            return False
-        response = httpx.get(
-            f"{local_url(ctx)}/api/2.0/mlflow/experiments/search",
-            params={"max_results": 1},
-            auth=admin_auth(ctx),
-            timeout=10,
-        )
+        with local_http(socket(ctx), timeout=10) as client:
+            # /health needs no credentials; the second call proves store, auth and Host checks.
+            if client.get(f"{local_url(ctx)}/health", timeout=2).status_code != 200:
+                return False
+            response = client.get(
+                f"{local_url(ctx)}/api/2.0/mlflow/experiments/search",
+                params={"max_results": 1},
+                auth=admin_auth(ctx),
+            )
         # 401: up, but the admin's password differs from secrets.toml; `bootstrap` fixes it.
         return response.status_code in (200, 401)
     except httpx.HTTPError:
@@ -225,8 +233,9 @@ _SYNC_ADMIN = (
 
 def bootstrap(ctx: Context) -> list[str]:
     probe = f"{local_url(ctx)}/api/2.0/mlflow/experiments/search"
-    if httpx.get(probe, params={"max_results": 1}, auth=admin_auth(ctx), timeout=10).is_success:
-        return []
+    with local_http(socket(ctx), timeout=10) as client:
+        if client.get(probe, params={"max_results": 1}, auth=admin_auth(ctx)).is_success:
+            return []
     result = subprocess.run(
         [sys.executable, "-c", _SYNC_ADMIN],
         env={**os.environ, **server_env(ctx)},
@@ -250,7 +259,7 @@ def service(ctx: Context) -> Service:
         command=command(ctx),
         env=server_env(ctx),
         cwd=ctx.paths.service_data("mlflow"),
-        ports={"mlflow.port": port},
+        ports={} if ctx.hosts.use_sockets else {"mlflow.port": port},
         ready=lambda: is_ready(ctx),
         ready_timeout=120,
         start_secs=3,

@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from flowyard.config.context import Context
-from flowyard.config.model import LOOPBACK
+from flowyard.config.secrets import url_quoted
 from flowyard.errors import FlowyardError
 from flowyard.services.base import Service, disk_full, ensure_system_user
 
@@ -100,6 +100,21 @@ def _check_traversable(path: Path, user: str) -> None:
             )
 
 
+def _prepare_socket_dir(ctx: Context) -> None:
+    """Owner-only, owned by the server's user: only it (and root) can connect."""
+    sockets = ctx.paths.postgres_sockets
+    sockets.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sockets.chmod(0o700)
+    server = _server_user(ctx)
+    if server:
+        os.chown(sockets, server.pw_uid, server.pw_gid)
+
+
+def host(ctx: Context) -> str:
+    """What clients pass as `host`: the socket directory natively, else the host name."""
+    return str(ctx.paths.postgres_sockets) if ctx.hosts.use_sockets else ctx.hosts.postgres
+
+
 def _server_user(ctx: Context) -> pwd.struct_passwd | None:
     """The account PostgreSQL programs run as: None means "as flowyard itself"."""
     return pwd.getpwnam(ctx.config.postgres.system_user) if _running_as_root() else None
@@ -112,9 +127,11 @@ def prepare(ctx: Context) -> None:
         _copy_install_for_root(ctx)
         # The server user must traverse FLOWYARD_HOME to reach its data; 0711 lets it
         # pass through without listing anything (secrets.toml stays 0600).
-        for parent in (ctx.paths.home, ctx.paths.data):
+        for parent in (ctx.paths.home, ctx.paths.data, ctx.paths.run):
             parent.chmod(parent.stat().st_mode | 0o011)
         _check_traversable(ctx.paths.home, ctx.config.postgres.system_user)
+    if ctx.hosts.use_sockets:
+        _prepare_socket_dir(ctx)
     if (pgdata / "PG_VERSION").exists():
         return
     pgdata.mkdir(parents=True, exist_ok=True)
@@ -129,7 +146,6 @@ def prepare(ctx: Context) -> None:
     try:
         if server:
             os.chown(pwfile, server.pw_uid, server.pw_gid)
-            ctx.paths.run.chmod(ctx.paths.run.stat().st_mode | 0o011)
         result = subprocess.run(
             [
                 bin_path(ctx, "initdb"),
@@ -168,7 +184,7 @@ def connect(ctx: Context, database: str = "postgres") -> psycopg.Connection[Any]
     """
     try:
         return psycopg.connect(
-            host=ctx.hosts.postgres,
+            host=host(ctx),
             port=ctx.config.postgres.port,
             user=SUPERUSER,
             password=ctx.secrets.postgres_superuser_password.get_secret_value(),
@@ -234,7 +250,7 @@ def bootstrap(ctx: Context) -> None:
 
 def is_ready(ctx: Context) -> bool:
     result = subprocess.run(
-        [bin_path(ctx, "pg_isready"), "-h", LOOPBACK, "-p", str(ctx.config.postgres.port), "-q"],
+        [bin_path(ctx, "pg_isready"), *client_args(ctx), "-q"],
         capture_output=True,
     )
     return result.returncode == 0
@@ -251,14 +267,20 @@ def server_settings(ctx: Context) -> dict[str, str]:
 
 
 def native_settings(ctx: Context) -> dict[str, str]:
-    """Native mode binds loopback and has no Unix socket: every client uses loopback TCP
-    with a password. (In a container it listens on its network; the image's own init
-    scripts use its socket.)"""
+    """Native mode listens on no TCP port at all: only on a Unix socket in an owner-only
+    directory, so another local user cannot even try a password. (In a container it
+    listens on its private network.)"""
     return {
-        "listen_addresses": LOOPBACK,
-        "unix_socket_directories": "",
+        "listen_addresses": "",
+        "unix_socket_directories": str(ctx.paths.postgres_sockets),
+        "unix_socket_permissions": "0700",
         **server_settings(ctx),
     }
+
+
+def client_args(ctx: Context) -> list[str]:
+    """`-h` and `-p` for PostgreSQL's own client programs (pg_dump, pg_isready, ...)."""
+    return ["-h", host(ctx), "-p", str(ctx.config.postgres.port)]
 
 
 def settings_argv(settings: dict[str, str]) -> list[str]:
@@ -266,9 +288,12 @@ def settings_argv(settings: dict[str, str]) -> list[str]:
 
 
 def database_url(ctx: Context, database: str, driver: str = "postgresql+asyncpg") -> str:
-    password = getattr(ctx.secrets, DATABASES[database]).get_secret_value()
-    host, port = ctx.hosts.postgres, ctx.config.postgres.port
-    return f"{driver}://{database}:{password}@{host}:{port}/{database}"
+    password = url_quoted(getattr(ctx.secrets, DATABASES[database]).get_secret_value())
+    port = ctx.config.postgres.port
+    if ctx.hosts.use_sockets:
+        # libpq and asyncpg both take a socket directory as `host`, the port names the file.
+        return f"{driver}://{database}:{password}@/{database}?host={host(ctx)}&port={port}"
+    return f"{driver}://{database}:{password}@{ctx.hosts.postgres}:{port}/{database}"
 
 
 def service(ctx: Context) -> Service:
@@ -286,7 +311,8 @@ def service(ctx: Context) -> Service:
         ],
         cwd=data_dir(ctx),
         user=cfg.system_user if _running_as_root() else None,
-        ports={"postgres.port": cfg.port},
+        # No TCP port natively: nothing can be taken over or probed.
+        ports={} if ctx.hosts.use_sockets else {"postgres.port": cfg.port},
         ready=lambda: is_ready(ctx),
         # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM waits for clients to leave.
         stop_signal="INT",

@@ -3,9 +3,11 @@ background-services process. Migrations run explicitly before it starts, never o
 
 from __future__ import annotations
 
+import sys
+
 import httpx
 
-from flowyard.client.api import local_api_url
+from flowyard.client.api import local_api_url, local_http, prefect_api_socket
 from flowyard.config.context import Context
 from flowyard.errors import FlowyardError
 from flowyard.services import postgres, redis
@@ -79,33 +81,47 @@ def health_url(ctx: Context) -> str:
 
 def is_ready(ctx: Context) -> bool:
     try:
-        return httpx.get(health_url(ctx), timeout=2).status_code == 200
+        with local_http(prefect_api_socket(ctx), timeout=2) as client:
+            return client.get(health_url(ctx)).status_code == 200
     except httpx.HTTPError:
         return False
 
 
+def command(ctx: Context) -> list[str]:
+    """The API webserver, as `prefect server start --no-services` runs it (uvicorn with
+    Prefect's app factory), but able to listen on a Unix socket, which Prefect's CLI
+    cannot: natively nothing else on the machine can reach the API except through Caddy."""
+    if ctx.hosts.use_sockets:
+        listen = ["--uds", str(prefect_api_socket(ctx))]
+    else:
+        listen = ["--host", ctx.hosts.bind, "--port", str(ctx.config.prefect.port)]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "prefect.server.api.server:create_app",
+        *listen,
+        "--log-level",
+        ctx.config.prefect.log_level.lower(),
+    ]
+
+
+def env(ctx: Context) -> dict[str, str]:
+    # What `prefect server start --no-services` tells its app factory.
+    return {**server_env(ctx), "PREFECT__SERVER_FINAL": "1", "PREFECT__SERVER_WEBSERVER_ONLY": "1"}
+
+
 def service(ctx: Context) -> Service:
-    port = ctx.config.prefect.port
     return Service(
         name=NAME,
         description="Prefect API and UI (webserver only)",
-        command=[
-            binary("prefect"),
-            "server",
-            "start",
-            "--no-services",
-            "--host",
-            ctx.hosts.bind,
-            "--port",
-            str(port),
-        ],
-        env=server_env(ctx),
+        command=command(ctx),
+        env=env(ctx),
         cwd=ctx.paths.prefect_home,
-        ports={"prefect.port": port},
+        ports={} if ctx.hosts.use_sockets else {"prefect.port": ctx.config.prefect.port},
         ready=lambda: is_ready(ctx),
         ready_timeout=120,
         stop_signal="INT",
         prepare=lambda: migrate(ctx),
-        # Its bootstrap (pools, queues, limits, automations, the results block) is attached
-        # by the platform registry: it is platform policy, applied through Prefect's client.
     )

