@@ -16,7 +16,7 @@ import pytest
 
 from flowyard.worker import wire
 from flowyard.worker.config import FlowyardJobConfiguration
-from flowyard.worker.worker import needs_cold_start
+from flowyard.worker.worker_type import needs_cold_start
 
 
 def test_registered_with_its_own_job_template() -> None:
@@ -68,7 +68,7 @@ class ZygoteProcess:
         listener.listen(8)
         self.proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "flowyard.worker.zygote"),
+                *(sys.executable, "-m", "flowyard.worker.zygote_server"),
                 *("--fd", str(listener.fileno()), "--parent", str(os.getpid())),
             ],
             pass_fds=(listener.fileno(),),
@@ -123,7 +123,7 @@ def test_zygote_serves_child_zygotes_and_refuses_stale_code(tmp_path: Path) -> N
 
 
 def test_run_settings_are_spelled_as_prefect_spells_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A warm run's settings are compared to its zygote's as strings (child.set_environment):
+    """A warm run's settings are compared to its zygote's as strings (forked_run.set_environment):
     a value Prefect would re-spell ("false" -> "False") makes every run rebuild its settings."""
     from prefect.settings import Settings
 

@@ -21,7 +21,7 @@ from prefect.utilities.processutils import sanitize_subprocess_env
 
 from flowyard.worker import wire
 from flowyard.worker.config import RUN_SETTINGS, settings_environment_variables
-from flowyard.worker.zygotes import ForkConnection, WarmKey, ZygotePool
+from flowyard.worker.zygote_pool import ForkConnection, WarmKey, ZygotePool
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun

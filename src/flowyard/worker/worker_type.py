@@ -7,10 +7,11 @@ What changes:
 
 - the poll loop is a `Dispatcher`, woken by scheduled-run events and by our own runs
   finishing (`events`, `dispatch`); polling every `PREFECT_WORKER_QUERY_SECONDS` remains;
-- a run's process is forked from a warm interpreter (`zygote`, `starter`) instead of two
-  fresh interpreters (workspace supervisor, then engine); a custom command, `warm_start:
-  false`, or an environment that must be set before the interpreter starts gets Prefect's
-  cold path, unchanged;
+- a run's process is forked from a warm interpreter (`zygote_server`, kept by `zygote_pool`,
+  asked by `starter`; the fork runs `forked_run`) instead of two fresh interpreters
+  (workspace supervisor, then engine); a custom command, `warm_start: false`, or an
+  environment that must be set before the interpreter starts gets Prefect's cold path,
+  unchanged;
 - one executor context is shared by all runs instead of one per run (`executors`), and the
   deployment/flow reads Prefect repeats per submission are cached briefly (`reads`).
 """
@@ -51,7 +52,7 @@ from flowyard.worker.events import listen_for_scheduled_runs
 from flowyard.worker.executors import SharedExecutors
 from flowyard.worker.reads import cache_worker_reads
 from flowyard.worker.starter import ZygoteStarter
-from flowyard.worker.zygotes import ZygotePool, ZygoteUnavailable
+from flowyard.worker.zygote_pool import ZygotePool, ZygoteUnavailable
 
 if TYPE_CHECKING:
     from uuid import UUID

@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Any, NoReturn
 from uuid import UUID
 
-from flowyard.worker.zygote import set_parent_death_signal
+from flowyard.worker.zygote_server import set_parent_death_signal
 
 # The interpreter's own sys.path, minus the zygote's script directory (sys.path[0]).
 _BASE_SYS_PATH = list(sys.path[1:])
