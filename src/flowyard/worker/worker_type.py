@@ -33,10 +33,6 @@ import anyio.abc
 from prefect.events import Event
 from prefect.exceptions import InfrastructureNotFound
 from prefect.flows import load_flow_from_flow_run
-from prefect.runner._hook_runner import HookRunner
-from prefect.runner._starter_engine import EngineCommandStarter
-from prefect.runner._workspace_hook_runner import WorkspaceHookRunner
-from prefect.runner._workspace_starter import WorkspaceResolvingEngineCommandStarter
 from prefect.settings import PREFECT_WORKER_QUERY_SECONDS
 from prefect.utilities.services import (
     critical_service_loop,
@@ -50,6 +46,12 @@ from flowyard.worker.config import FlowyardJobConfiguration, FlowyardVariables
 from flowyard.worker.dispatch import Dispatcher
 from flowyard.worker.events import listen_for_scheduled_runs
 from flowyard.worker.executors import SharedExecutors
+from flowyard.worker.prefect_private import (
+    EngineCommandStarter,
+    HookRunner,
+    WorkspaceHookRunner,
+    WorkspaceResolvingEngineCommandStarter,
+)
 from flowyard.worker.reads import cache_worker_reads
 from flowyard.worker.starter import ZygoteStarter
 from flowyard.worker.zygote_pool import ZygotePool, ZygoteUnavailable
@@ -59,9 +61,8 @@ if TYPE_CHECKING:
 
     from prefect.client.schemas.objects import FlowRun
     from prefect.client.schemas.responses import WorkerFlowRunResponse
-    from prefect.runner._flow_run_executor import ProcessStarter
-    from prefect.runner._hook_runner import FlowRunHookRunner
-    from prefect.runner._process_manager import ProcessHandle
+
+    from flowyard.worker.prefect_private import FlowRunHookRunner, ProcessHandle, ProcessStarter
 
 WARM_START_SUPPORTED = sys.platform.startswith("linux")
 # Read by the interpreter before any Python runs, so a fork cannot honour them.

@@ -34,6 +34,7 @@ import traceback
 from typing import Any, NoReturn
 
 from flowyard.worker import wire
+from flowyard.worker.prefect_private import RUN_MODULES
 
 # Everything a run needs before it reaches user code: the engine, workspace preparation
 # (pull steps), the API client, settings, logging and the events client.
@@ -49,10 +50,7 @@ BASE_IMPORTS = (
     "prefect.deployments.steps",
     "prefect.deployments.steps.core",
     "prefect.deployments.steps.pull",
-    "prefect.runner._workspace_resolver",
-    "prefect.runner._workspace_starter",
-    "prefect.runner._workspace_supervisor",
-    "prefect._internal.control_listener",
+    *RUN_MODULES,
     # Imported lazily by every run (found by profiling runs): flow decoration checks for
     # pydantic v1 models, the engine's async pieces load anyio's asyncio backend.
     "pydantic.v1",
