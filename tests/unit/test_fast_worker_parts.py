@@ -133,3 +133,37 @@ def test_run_settings_are_spelled_as_prefect_spells_them(monkeypatch: pytest.Mon
         monkeypatch.setenv(key, value)
     spelled = Settings().to_environment_variables(exclude_unset=True)
     assert {k: spelled.get(k) for k in RUN_SETTINGS} == RUN_SETTINGS
+
+
+def test_dispatcher_polls_when_woken_coalesced_and_one_at_a_time() -> None:
+    """No timer of its own (BaseWorker's poll loop wakes it every interval); a burst of
+    wake-ups is one poll, and a wake-up during a poll is one more poll after it."""
+    import logging
+
+    import anyio
+
+    from flowyard.worker.dispatch import Dispatcher
+
+    running: list[int] = []
+
+    async def poll() -> None:
+        running.append(len(running))
+        assert running == [0], "two polls at once"
+        await anyio.sleep(0.1)
+        running.clear()
+
+    async def main() -> int:
+        dispatcher = Dispatcher(poll, logger=logging.getLogger("test"), max_backoff=1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(dispatcher.run)
+            await anyio.sleep(0.2)
+            assert dispatcher.polls == 0
+            for _ in range(5):
+                dispatcher.wake()
+            await anyio.sleep(0.05)
+            dispatcher.wake()  # during the first poll
+            await anyio.sleep(0.5)
+            tg.cancel_scope.cancel()
+        return dispatcher.polls
+
+    assert anyio.run(main) == 2
