@@ -203,7 +203,10 @@ def zygote_pids(ctx: Context) -> set[int]:
     for proc in psutil.Process(worker_pid(ctx)).children(recursive=True):
         try:
             # Runs are forks of a zygote too (same command line) but lead their own session.
-            if "flowyard.worker.zygote" in proc.cmdline() and os.getsid(proc.pid) != proc.pid:
+            if (
+                "flowyard.worker.zygote_server" in proc.cmdline()
+                and os.getsid(proc.pid) != proc.pid
+            ):
                 pids.add(proc.pid)
         except (psutil.Error, ProcessLookupError):  # a run that just exited
             pass

@@ -16,7 +16,7 @@ import pytest
 
 from flowyard.worker import wire
 from flowyard.worker.config import FlowyardJobConfiguration
-from flowyard.worker.worker import needs_cold_start
+from flowyard.worker.worker_type import needs_cold_start
 
 
 def test_registered_with_its_own_job_template() -> None:
@@ -68,7 +68,7 @@ class ZygoteProcess:
         listener.listen(8)
         self.proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "flowyard.worker.zygote"),
+                *(sys.executable, "-m", "flowyard.worker.zygote_server"),
                 *("--fd", str(listener.fileno()), "--parent", str(os.getpid())),
             ],
             pass_fds=(listener.fileno(),),
@@ -123,7 +123,7 @@ def test_zygote_serves_child_zygotes_and_refuses_stale_code(tmp_path: Path) -> N
 
 
 def test_run_settings_are_spelled_as_prefect_spells_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A warm run's settings are compared to its zygote's as strings (child.set_environment):
+    """A warm run's settings are compared to its zygote's as strings (forked_run.set_environment):
     a value Prefect would re-spell ("false" -> "False") makes every run rebuild its settings."""
     from prefect.settings import Settings
 
@@ -133,3 +133,37 @@ def test_run_settings_are_spelled_as_prefect_spells_them(monkeypatch: pytest.Mon
         monkeypatch.setenv(key, value)
     spelled = Settings().to_environment_variables(exclude_unset=True)
     assert {k: spelled.get(k) for k in RUN_SETTINGS} == RUN_SETTINGS
+
+
+def test_dispatcher_polls_when_woken_coalesced_and_one_at_a_time() -> None:
+    """No timer of its own (BaseWorker's poll loop wakes it every interval); a burst of
+    wake-ups is one poll, and a wake-up during a poll is one more poll after it."""
+    import logging
+
+    import anyio
+
+    from flowyard.worker.dispatch import Dispatcher
+
+    running: list[int] = []
+
+    async def poll() -> None:
+        running.append(len(running))
+        assert running == [0], "two polls at once"
+        await anyio.sleep(0.1)
+        running.clear()
+
+    async def main() -> int:
+        dispatcher = Dispatcher(poll, logger=logging.getLogger("test"), max_backoff=1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(dispatcher.run)
+            await anyio.sleep(0.2)
+            assert dispatcher.polls == 0
+            for _ in range(5):
+                dispatcher.wake()
+            await anyio.sleep(0.05)
+            dispatcher.wake()  # during the first poll
+            await anyio.sleep(0.5)
+            tg.cancel_scope.cancel()
+        return dispatcher.polls
+
+    assert anyio.run(main) == 2

@@ -6,6 +6,6 @@ Prefect's dispatch registry records under its `type`. Keep this import light: ev
 process that loads collections pays for it.
 """
 
-from flowyard.worker.worker import FlowyardWorker
+from flowyard.worker.worker_type import FlowyardWorker
 
 __all__ = ["FlowyardWorker"]

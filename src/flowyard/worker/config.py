@@ -11,11 +11,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefect._internal.schemas.validators import validate_working_dir
 from prefect.settings import get_current_settings
 from prefect.utilities.processutils import command_to_string, get_sys_executable
 from prefect.workers.base import BaseJobConfiguration, BaseVariables
 from pydantic import Field, PrivateAttr, field_validator
+
+from flowyard.worker.prefect_private import validate_working_dir
 
 if TYPE_CHECKING:
     from uuid import UUID

@@ -15,14 +15,24 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import anyio
-from prefect.runner._flow_run_executor import FlowRunExecutor, FlowRunExecutorContext
+
+from flowyard.worker.prefect_private import (
+    FlowRunExecutor,
+    FlowRunExecutorContext,
+    patch_cancellation_manager,
+    state_proposer,
+)
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun, State
-    from prefect.runner._control_channel import ControlChannel
-    from prefect.runner._flow_run_executor import ProcessStarter
-    from prefect.runner._hook_runner import FlowRunHookRunner
-    from prefect.runner._process_manager import ProcessManager
+
+    from flowyard.worker.prefect_private import (
+        CancelRun,
+        ControlChannel,
+        FlowRunHookRunner,
+        ProcessManager,
+        ProcessStarter,
+    )
 
 
 class _HookDispatcher:
@@ -48,9 +58,11 @@ class SharedExecutors:
 
     async def __aenter__(self) -> SharedExecutors:
         await self._ctx.__aenter__()
-        manager = self._ctx._cancellation_manager
-        manager._hook_runner = self._hooks
-        cancel = manager.cancel
+        patch_cancellation_manager(self._ctx, hook_runner=self._hooks, wrap_cancel=self._tracked)
+        return self
+
+    def _tracked(self, cancel: CancelRun) -> CancelRun:
+        """`cancel`, recording that a cancellation of the run is in flight (see release)."""
 
         async def tracked_cancel(flow_run: FlowRun, state_msg: str | None = None) -> None:
             done = self._cancelling.setdefault(flow_run.id, anyio.Event())
@@ -60,8 +72,7 @@ class SharedExecutors:
                 done.set()
                 self._cancelling.pop(flow_run.id, None)
 
-        manager.cancel = tracked_cancel  # type: ignore[method-assign]
-        return self
+        return tracked_cancel
 
     async def __aexit__(
         self,
@@ -103,7 +114,7 @@ class SharedExecutors:
             flow_run=flow_run,
             starter=starter,
             process_manager=self._ctx.process_manager,
-            state_proposer=self._ctx._state_proposer,
+            state_proposer=state_proposer(self._ctx),
             hook_runner=hook_runner,
             get_attempt_conclusion=self._ctx.control_channel.get_conclusion,
             # BaseWorker has already proposed Submitting.

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
+
+from flowyard.worker.prefect_private import replace_client_reads
 
 T = TypeVar("T")
 
@@ -41,6 +43,8 @@ def ttl_cached(
 
 def cache_worker_reads(client: PrefectClient) -> None:
     """Patch this worker's own client (runs and other processes are unaffected)."""
-    patched: Any = client
-    patched.read_deployment = ttl_cached(client.read_deployment, ttl=2.0)
-    patched.read_flow = ttl_cached(client.read_flow, ttl=60.0)
+    replace_client_reads(
+        client,
+        read_deployment=ttl_cached(client.read_deployment, ttl=2.0),
+        read_flow=ttl_cached(client.read_flow, ttl=60.0),
+    )

@@ -16,17 +16,18 @@ from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.abc
-from prefect.runner._process_manager import ProcessHandle
 from prefect.utilities.processutils import sanitize_subprocess_env
 
 from flowyard.worker import wire
 from flowyard.worker.config import RUN_SETTINGS, settings_environment_variables
-from flowyard.worker.zygotes import ForkConnection, WarmKey, ZygotePool
+from flowyard.worker.prefect_private import ProcessHandle
+from flowyard.worker.zygote_pool import ForkConnection, WarmKey, ZygotePool
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
     from prefect.client.schemas.responses import DeploymentResponse
-    from prefect.runner._control_channel import ControlChannel
+
+    from flowyard.worker.prefect_private import ControlChannel
 
 
 class ForkedProcess:

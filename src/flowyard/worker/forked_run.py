@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Any, NoReturn
 from uuid import UUID
 
-from flowyard.worker.zygote import set_parent_death_signal
+from flowyard.worker.zygote_server import set_parent_death_signal
 
 # The interpreter's own sys.path, minus the zygote's script directory (sys.path[0]).
 _BASE_SYS_PATH = list(sys.path[1:])
@@ -154,18 +154,21 @@ def _run(request: dict[str, Any]) -> int:
     from prefect.client.schemas.objects import FlowRun
     from prefect.client.schemas.responses import DeploymentResponse
     from prefect.logging.handlers import APILogHandler
-    from prefect.runner._workspace_resolver import (
-        prepare_workspace,
-        prepare_workspace_for_flow_run,
-    )
-    from prefect.runner._workspace_runtime import PreparedWorkspaceManifest, write_private_model
-    from prefect.runner._workspace_starter import _workspace_command, workspace_environment
-    from prefect.runner._workspace_supervisor import (
+    from prefect.utilities.processutils import command_from_string, sanitize_subprocess_env
+
+    from flowyard.worker.prefect_private import (
+        PreparedWorkspaceManifest,
         _hook_command,
         _restore_runner_environment,
+        _run_flow_from_runtime_entrypoint,
         _runner_owns_environment_key,
+        _workspace_command,
+        prepare_workspace,
+        prepare_workspace_for_flow_run,
+        skip_heartbeat_thread_join,
+        workspace_environment,
+        write_private_model,
     )
-    from prefect.utilities.processutils import command_from_string, sanitize_subprocess_env
 
     flow_run_id = UUID(request["flow_run_id"])
     runner_environment = {k: v for k, v in os.environ.items() if _runner_owns_environment_key(k)}
@@ -215,9 +218,7 @@ def _run(request: dict[str, Any]) -> int:
         # The workspace wants its own interpreter (uv-managed dependencies): cold start.
         os.execvpe(command[0], command, environment)
     set_environment(environment)
-    _no_heartbeat_join()
-    from prefect.flow_engine import _run_flow_from_runtime_entrypoint
-
+    skip_heartbeat_thread_join()
     global _engine_started
     _engine_started = True
 
@@ -235,28 +236,6 @@ def _profiled(request: dict[str, Any]) -> int:
         out = Path(os.environ[PROFILE_ENV]) / f"{request['flow_run_id']}.prof"
         with contextlib.suppress(OSError):
             profile.dump_stats(out)
-
-
-def _no_heartbeat_join() -> None:
-    """Don't hold the run's slot while the heartbeat thread finishes a 1 s sleep.
-
-    The sync engine joins its heartbeat thread at the end of the run, and the thread only
-    notices the stop request between `time.sleep(1)` calls: +0.5 s per run on average. The
-    async engine already skips the join (`join_on_exit=False`); the thread is a daemon that
-    returns at its next check without sending another heartbeat.
-    """
-    from contextlib import contextmanager
-
-    import prefect.flow_engine as engine
-
-    original = engine._send_heartbeats
-
-    @contextmanager
-    def send_heartbeats(run_engine: Any, join_on_exit: bool = True) -> Any:
-        with original(run_engine, join_on_exit=False):
-            yield
-
-    engine._send_heartbeats = send_heartbeats  # type: ignore[assignment]
 
 
 def _finish(code: int, terminated: bool, zygote_pid: int) -> NoReturn:

@@ -156,7 +156,7 @@ class ZygotePool:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "flowyard.worker.zygote",
+                "flowyard.worker.zygote_server",
                 "--fd",
                 str(listener.fileno()),
                 "--parent",

@@ -1,12 +1,13 @@
 """The fork server ("zygote"): an interpreter that imports Prefect once, then forks flow runs.
 
-Started by the worker as `python -m flowyard.worker.zygote --fd N`, on a listening Unix socket
-the worker bound and passed in (so the worker can send requests before the imports finish:
-they simply wait in the backlog). It never starts a thread or an event loop: a fork copies
-only the calling thread, so any thread or loop alive at fork time would be half-copied into
-every run. It never imports flow code either; each run pulls and imports its own code after
-the fork, so runs cannot see each other's modules, globals or environment, and the memory
-pages of the imported libraries stay shared copy-on-write between all runs.
+Started by the worker (`zygote_pool`) as `python -m flowyard.worker.zygote_server --fd N`,
+on a listening Unix socket the worker bound and passed in (so the worker can send requests
+before the imports finish: they simply wait in the backlog). It never starts a thread or an
+event loop: a fork copies only the calling thread, so any thread or loop alive at fork time
+would be half-copied into every run. It never imports flow code either; each run pulls and
+imports its own code after the fork (`forked_run`), so runs cannot see each other's
+modules, globals or environment, and the memory pages of the imported libraries stay
+shared copy-on-write between all runs.
 
 Requests (see `wire`): `fork` a flow run, `zygote` (fork a child zygote that additionally
 imports a deployment's `warm_imports`, sharing Prefect's pages with this one), `ping`,
@@ -33,6 +34,7 @@ import traceback
 from typing import Any, NoReturn
 
 from flowyard.worker import wire
+from flowyard.worker.prefect_private import RUN_MODULES
 
 # Everything a run needs before it reaches user code: the engine, workspace preparation
 # (pull steps), the API client, settings, logging and the events client.
@@ -48,10 +50,7 @@ BASE_IMPORTS = (
     "prefect.deployments.steps",
     "prefect.deployments.steps.core",
     "prefect.deployments.steps.pull",
-    "prefect.runner._workspace_resolver",
-    "prefect.runner._workspace_starter",
-    "prefect.runner._workspace_supervisor",
-    "prefect._internal.control_listener",
+    *RUN_MODULES,
     # Imported lazily by every run (found by profiling runs): flow decoration checks for
     # pydantic v1 models, the engine's async pieces load anyio's asyncio backend.
     "pydantic.v1",
@@ -60,7 +59,7 @@ BASE_IMPORTS = (
     "anyio.streams.memory",
     "anyio.streams.stapled",
     "rich._emoji_codes",
-    "flowyard.worker.child",
+    "flowyard.worker.forked_run",
 )
 _PR_SET_PDEATHSIG = 1
 
@@ -287,7 +286,7 @@ class Zygote:
                 conn.close()
                 child_zygote(new_listener, request)
             conn.close()
-            from flowyard.worker.child import run_child
+            from flowyard.worker.forked_run import run_child
 
             run_child(request, os.getppid())
         if new_listener is not None:
@@ -356,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     listener = socket.socket(fileno=args.fd)
     failed = import_modules([*BASE_IMPORTS, *args.imports])
-    from flowyard.worker.child import capture_zygote_settings
+    from flowyard.worker.forked_run import capture_zygote_settings
     from flowyard.worker.warmup import warm_up
 
     report = warm_up()

@@ -5,12 +5,15 @@ pool/queue concurrency limits, Pending/Submitting proposals, heartbeats, cancell
 pending runs, crash reporting), and a run's lifecycle is Prefect's own `FlowRunExecutor`.
 What changes:
 
-- the poll loop is a `Dispatcher`, woken by scheduled-run events and by our own runs
-  finishing (`events`, `dispatch`); polling every `PREFECT_WORKER_QUERY_SECONDS` remains;
-- a run's process is forked from a warm interpreter (`zygote`, `starter`) instead of two
-  fresh interpreters (workspace supervisor, then engine); a custom command, `warm_start:
-  false`, or an environment that must be set before the interpreter starts gets Prefect's
-  cold path, unchanged;
+- polls go through a `Dispatcher` (`dispatch`), woken by BaseWorker's own poll loop (every
+  `PREFECT_WORKER_QUERY_SECONDS`, as before), by scheduled-run events (`events`) and by our
+  own runs finishing; it and the event listener start from `setup()`, not a copy of
+  `BaseWorker.start`;
+- a run's process is forked from a warm interpreter (`zygote_server`, kept by `zygote_pool`,
+  asked by `starter`; the fork runs `forked_run`) instead of two fresh interpreters
+  (workspace supervisor, then engine); a custom command, `warm_start: false`, or an
+  environment that must be set before the interpreter starts gets Prefect's cold path,
+  unchanged;
 - one executor context is shared by all runs instead of one per run (`executors`), and the
   deployment/flow reads Prefect repeats per submission are cached briefly (`reads`).
 """
@@ -32,16 +35,7 @@ import anyio.abc
 from prefect.events import Event
 from prefect.exceptions import InfrastructureNotFound
 from prefect.flows import load_flow_from_flow_run
-from prefect.runner._hook_runner import HookRunner
-from prefect.runner._starter_engine import EngineCommandStarter
-from prefect.runner._workspace_hook_runner import WorkspaceHookRunner
-from prefect.runner._workspace_starter import WorkspaceResolvingEngineCommandStarter
 from prefect.settings import PREFECT_WORKER_QUERY_SECONDS
-from prefect.utilities.services import (
-    critical_service_loop,
-    start_client_metrics_server,
-    stop_client_metrics_server,
-)
 from prefect.workers.base import BaseWorker, BaseWorkerResult
 
 from flowyard.worker import rundir
@@ -49,18 +43,23 @@ from flowyard.worker.config import FlowyardJobConfiguration, FlowyardVariables
 from flowyard.worker.dispatch import Dispatcher
 from flowyard.worker.events import listen_for_scheduled_runs
 from flowyard.worker.executors import SharedExecutors
+from flowyard.worker.prefect_private import (
+    EngineCommandStarter,
+    HookRunner,
+    WorkspaceHookRunner,
+    WorkspaceResolvingEngineCommandStarter,
+)
 from flowyard.worker.reads import cache_worker_reads
 from flowyard.worker.starter import ZygoteStarter
-from flowyard.worker.zygotes import ZygotePool, ZygoteUnavailable
+from flowyard.worker.zygote_pool import ZygotePool, ZygoteUnavailable
 
 if TYPE_CHECKING:
     from uuid import UUID
 
     from prefect.client.schemas.objects import FlowRun
     from prefect.client.schemas.responses import WorkerFlowRunResponse
-    from prefect.runner._flow_run_executor import ProcessStarter
-    from prefect.runner._hook_runner import FlowRunHookRunner
-    from prefect.runner._process_manager import ProcessHandle
+
+    from flowyard.worker.prefect_private import FlowRunHookRunner, ProcessHandle, ProcessStarter
 
 WARM_START_SUPPORTED = sys.platform.startswith("linux")
 # Read by the interpreter before any Python runs, so a fork cannot honour them.
@@ -108,6 +107,8 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
         self._zygotes: ZygotePool | None = None
         self._executors: SharedExecutors | None = None
         self._dispatcher: Dispatcher | None = None
+        # Set by start(): False for a run-once worker, which polls the stock way.
+        self._event_driven = True
         self._manifests = Path("/nonexistent")
         # Runs a poll handed us that are not yet Pending on the server (see _poll).
         self._taking: set[UUID] = set()
@@ -128,6 +129,9 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
         if WARM_START_SUPPORTED:
             await self._zygotes.start()
         self._executors = await self._exit_stack.enter_async_context(SharedExecutors())
+        if self._event_driven:
+            # Entered last, so left first: no new poll while runs are being stopped.
+            await self._start_event_driven_loops()
 
     async def start(
         self,
@@ -135,45 +139,34 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
         with_healthcheck: bool = False,
         printer: Callable[..., None] = print,
     ) -> None:
-        if run_once:
-            # One poll, nothing to wake: the stock loop is exactly right.
-            await super().start(run_once=True, with_healthcheck=with_healthcheck, printer=printer)
-            return
-        healthcheck = contextlib.ExitStack()
-        try:
-            if with_healthcheck:
-                from prefect.workers.server import _run_healthcheck_server
+        # BaseWorker.start runs everything (healthcheck, setup, its poll and sync loops,
+        # started/stopped events, metrics); our loops start from setup(). This override only
+        # exists because setup() cannot see `run_once`: one poll needs nothing woken, and
+        # must take one batch only, so a run-once worker stays the stock one.
+        self._event_driven = not run_once
+        await super().start(run_once=run_once, with_healthcheck=with_healthcheck, printer=printer)
 
-                interval = PREFECT_WORKER_QUERY_SECONDS.value()
-                healthcheck.enter_context(
-                    _run_healthcheck_server(
-                        lambda: self.is_worker_still_polling(query_interval_seconds=interval)
-                    )
-                )
-            async with self as worker:
-                self._dispatcher = Dispatcher(
-                    self._poll,
-                    interval=PREFECT_WORKER_QUERY_SECONDS.value(),
-                    logger=self._logger,
-                )
-                sync_service = partial(
-                    critical_service_loop,
-                    workload=self._sync_and_initialize,
-                    interval=self.heartbeat_interval_seconds,
-                    jitter_range=0.3,
-                    backoff=4,
-                )
-                async with anyio.create_task_group() as loops:
-                    loops.start_soon(self._dispatcher.run)
-                    loops.start_soon(sync_service)
-                    loops.start_soon(self._listen_for_scheduled_runs)
-                    self._started_event = await self._emit_worker_started_event()
-                    start_client_metrics_server()
-                    printer(f"Worker {worker.name!r} started!")
-        finally:
-            stop_client_metrics_server()
-            healthcheck.close()
-        printer(f"Worker {self.name!r} stopped!")
+    async def _start_event_driven_loops(self) -> None:
+        """The dispatcher and the scheduled-run listener, for the worker's lifetime: started
+        at the end of setup(), stopped first thing at teardown (the exit stack is LIFO)."""
+        self._dispatcher = Dispatcher(
+            self._poll,
+            logger=self._logger,
+            max_backoff=4 * PREFECT_WORKER_QUERY_SECONDS.value(),
+        )
+        loops = await self._exit_stack.enter_async_context(anyio.create_task_group())
+        self._exit_stack.callback(loops.cancel_scope.cancel)
+        loops.start_soon(self._dispatcher.run)
+        loops.start_soon(self._listen_for_scheduled_runs)
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        """Called by BaseWorker's poll loop every `PREFECT_WORKER_QUERY_SECONDS`: with the
+        dispatcher running that is one more reason to poll, and the dispatcher polls (never
+        two polls at once); without it (run once), the poll itself."""
+        if self._dispatcher is None:
+            return await self._poll()
+        self._dispatcher.wake()
+        return []
 
     async def _listen_for_scheduled_runs(self) -> None:
         # The filter needs the pool's id, known after the first sync with the API.
@@ -202,7 +195,7 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
                 anyio.current_time() - started,
                 len(self._taking),
             )
-        return await self.get_and_submit_flow_runs()
+        return await super().get_and_submit_flow_runs()
 
     async def _submit_scheduled_flow_runs(
         self, flow_run_response: list[WorkerFlowRunResponse]
