@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
+from flowyard.client.api import auth_header
 from flowyard.config.context import Context
 from flowyard.platform import lifecycle
 from flowyard.services.caddy import tls_verify
@@ -167,10 +168,26 @@ def test_http_redirects_to_https_keeping_port(platform: Context) -> None:
     assert r.headers["location"] == f"{proxy.url}/runs?x=1"
 
 
-def test_files_route_serves_static_directory(platform: Context) -> None:
+def test_files_route_serves_static_files_to_credential_holders_only(platform: Context) -> None:
     (platform.paths.files / "hello.txt").write_text("static flow file")
-    r = httpx.get(f"{platform.config.proxy.url}/files/hello.txt", verify=tls_verify(platform))
+    (platform.paths.files / "page.html").write_text("<script>alert(localStorage)</script>")
+    url, verify = f"{platform.config.proxy.url}/files", tls_verify(platform)
+    auth = auth_header(platform.secrets.prefect_auth_string.get_secret_value())
+    # No credential, or a wrong one: refused, without a challenge a browser would remember.
+    for headers in ({}, auth_header("admin:wrong")):
+        refused = httpx.get(f"{url}/hello.txt", headers=headers, verify=verify)
+        assert refused.status_code == 401, refused.text
+        assert "www-authenticate" not in refused.headers
+    r = httpx.get(f"{url}/hello.txt", headers=auth, verify=verify)
     assert r.status_code == 200 and r.text == "static flow file"
+    # An HTML file is a sandboxed download, never a page of the UI's origin.
+    page = httpx.get(f"{url}/page.html", headers=auth, verify=verify)
+    assert page.status_code == 200
+    assert page.headers["content-security-policy"] == "sandbox"
+    assert page.headers["content-disposition"] == "attachment"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    # No listing of the directory.
+    assert httpx.get(f"{url}/", headers=auth, verify=verify).status_code == 404
 
 
 def test_s3_through_proxy_needs_keys(platform: Context) -> None:

@@ -98,9 +98,21 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
         "\t\t}",
         "\t\tformat json",
         "\t}",
+        # The design's static files: for holders of the API credential only (checked by
+        # the API itself, which answers 401 without a challenge, so browsers keep no
+        # ambient login), never listed, and never run as a page of the UI's origin, where
+        # Prefect's UI keeps its login: a sandboxed download, whatever the file holds.
         "\thandle_path /files/* {",
+        f"\t\tforward_auth {up.prefect} {{",
+        "\t\t\turi /api/admin/version",
+        "\t\t}",
+        "\t\theader {",
+        '\t\t\tContent-Security-Policy "sandbox"',
+        "\t\t\tContent-Disposition attachment",
+        "\t\t\tX-Content-Type-Options nosniff",
+        "\t\t}",
         f"\t\troot * {up.files_root}",
-        "\t\tfile_server browse",
+        "\t\tfile_server",
         "\t}",
     ]
     if up.mlflow:
