@@ -1,4 +1,4 @@
-"""Issue 7: backup, restore and upgrade on the real platform.
+"""Backup, restore and upgrade on the real platform.
 
 One source platform (MLflow on) gets deployments, schedules, flow runs with results, a
 Prefect artifact and an MLflow run with an artifact. The upgrade tests run on it first; then

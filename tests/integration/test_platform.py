@@ -1,4 +1,4 @@
-"""Issue 2 end to end: a flow through the HTTPS proxy with auth and TLS verification, its
+"""The platform end to end: a flow through the HTTPS proxy with auth and TLS verification, its
 task runs via the websocket event path, its result in S3, the UI compressed, 401 without
 credentials, and `down` leaving nothing running or listening."""
 

@@ -1,4 +1,4 @@
-"""Issue 5 end to end: MLflow on the platform, behind the proxy with TLS verified, linked both
+"""Tracking end to end: MLflow on the platform, behind the proxy with TLS verified, linked both
 ways with Prefect flow runs.
 
 One platform (MLflow on, no worker) for the module. One client process runs the flows as a

@@ -1,9 +1,9 @@
 """Container deployment: rendered from the one config, validated statically (no Docker engine).
 
 The compose files and Dockerfiles are checked by the compose-spec JSON schema
-(check-jsonschema's vendored copy) and hadolint, both from the dev extra; the rest proves
-what the issue asks: healthchecks, pinned images, no secret values, a closed production,
-and parity with native mode.
+(check-jsonschema's vendored copy) and hadolint, both from the dev extra; the rest checks
+what a container deployment must have: healthchecks, pinned images, no secret values, a
+closed production, and parity with native mode.
 """
 
 from __future__ import annotations
