@@ -34,7 +34,7 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks flows
 
 typecheck: install
-	$(BIN)/mypy src/flowyard
+	$(BIN)/mypy src/flowyard tests benchmarks flows/src flows/tests
 
 unit: install
 	$(BIN)/pytest -m "not integration" tests flows/tests

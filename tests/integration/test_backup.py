@@ -299,10 +299,12 @@ def test_backup_restore_roundtrip(
         for run in done:
             key = run["state"]["data"]["storage_key"]
             bucket = restored.config.object_store.results_bucket
-            read = run_client(restored, S3_READ % {"bucket": bucket, "key": key}, **old_ca_env)
+            code = S3_READ % {"bucket": bucket, "key": key}
+            read = run_client(restored, code, timeout=300, **old_ca_env)
             assert read["size"] > 0
         assert [result_value(restored, r) for r in done] == results
-        tracked = run_client(restored, MLFLOW_READ % {"run_id": seeded["mlflow_run"]}, **old_ca_env)
+        code = MLFLOW_READ % {"run_id": seeded["mlflow_run"]}
+        tracked = run_client(restored, code, timeout=300, **old_ca_env)
         assert tracked == {
             "experiment": "backup-check",
             "params": {"alpha": "0.5"},
@@ -316,7 +318,7 @@ def test_backup_restore_roundtrip(
         lifecycle.down(restored, lambda *_: None)
 
 
-def _damaged(taken: Path, dest: Path, damage: Callable[[Path], None]) -> Path:
+def _damaged(taken: Path, dest: Path, damage: Callable[[Path], object]) -> Path:
     copy = dest / "backup"
     shutil.copytree(taken, copy)
     damage(copy)
@@ -334,7 +336,7 @@ def test_damaged_or_incomplete_backup_is_refused_before_anything_changes(
 ) -> None:
     manifest = mf.verify(taken)
     blob = next(k for k in manifest.files if k.startswith("objects/flowyard-results/blobs/"))
-    cases: list[tuple[Callable[[Path], None], str]] = [
+    cases: list[tuple[Callable[[Path], object], str]] = [
         (lambda b: _flip_byte(b / "databases/prefect.dump"), "databases/prefect.dump is damaged"),
         (lambda b: (b / blob).unlink(), f"{blob} is missing"),
         (lambda b: (b / mf.MANIFEST).unlink(), "the backup is incomplete"),

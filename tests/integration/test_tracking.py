@@ -349,6 +349,6 @@ def test_glue_needs_only_mlflow_skinny() -> None:
     from importlib.metadata import distribution
 
     skinny = distribution("mlflow-skinny")
-    shipped = {str(Path(skinny.locate_file(f)).resolve()) for f in skinny.files or []}
+    shipped = {str(Path(str(skinny.locate_file(f))).resolve()) for f in skinny.files or []}
     outside = sorted(m for m, f in loaded.items() if f and str(Path(f).resolve()) not in shipped)
     assert loaded and not outside

@@ -258,7 +258,7 @@ def main() -> None:
 
             # Prefect may have been imported already: read the platform's settings now.
             prefect.context.refresh_global_settings_context()
-            from prefect import flow
+            from prefect import Flow, flow
             from prefect.client.orchestration import get_client
 
             results = []
@@ -267,6 +267,7 @@ def main() -> None:
                     source = flow.from_source(
                         source=str(tmp / "flows"), entrypoint="short.py:short"
                     )
+                    assert isinstance(source, Flow)  # a coroutine only from async code
                     dep = source.deploy(
                         name=f"short-{t}", work_pool_name=f"m-{t}", print_next_steps=False
                     )

@@ -74,7 +74,7 @@ def _tagged(cls: type) -> Any:
             return cls(loader.construct_sequence(node, deep=True))
         if isinstance(node, yaml.MappingNode):
             return cls(loader.construct_mapping(node, deep=True))
-        return cls(loader.construct_scalar(node))  # type: ignore[arg-type]
+        return cls(loader.construct_scalar(node))
 
     return construct
 
