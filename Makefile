@@ -29,9 +29,13 @@ down: install
 status: install
 	$(BIN)/flowyard status
 
+PY_DIRS := src tests benchmarks flows
+SHELL_SCRIPTS := deploy/scripts/*.sh deploy/docker/*.sh
+
 lint: install
-	$(BIN)/ruff check src tests benchmarks flows
-	$(BIN)/ruff format --check src tests benchmarks flows
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
+	$(BIN)/shellcheck --external-sources $(SHELL_SCRIPTS)
 
 typecheck: install
 	$(BIN)/mypy src/flowyard tests benchmarks flows/src flows/tests
