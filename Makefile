@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export FLOWYARD_HOME ?= $(if $(filter 0,$(shell id -u)),/var/lib/flowyard,$(HOME)/.flowyard)
 
-.PHONY: up down status test lint typecheck unit integration bench clean install
+.PHONY: up down status test lint fmt typecheck unit integration bench clean install
 
 $(BIN)/flowyard: pyproject.toml flows/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ lint: install
 	$(BIN)/ruff check $(PY_DIRS)
 	$(BIN)/ruff format --check $(PY_DIRS)
 	$(BIN)/shellcheck --external-sources $(SHELL_SCRIPTS)
+
+# Rewrites files: the lint fixes ruff can make safely (what is left is printed, for
+# `make lint` to fail on), then formatting.
+fmt: install
+	$(BIN)/ruff check --fix --exit-zero $(PY_DIRS)
+	$(BIN)/ruff format $(PY_DIRS)
 
 typecheck: install
 	$(BIN)/mypy src/flowyard tests benchmarks flows/src flows/tests
