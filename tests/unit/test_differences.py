@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 import yaml
-from prefect import flow, task
+from prefect import Flow, flow, task
+from prefect.filesystems import LocalFileSystem
 from prefect.settings import (
     PREFECT_LOCAL_STORAGE_PATH,
     PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK,
@@ -223,11 +224,12 @@ def child_opted_out() -> str:
     return "hello"
 
 
-@flow(name="differences-parent", retries=2)
-def parent() -> str:
+def _parent() -> str:
     """Attempt 1: the child fails. Attempt 2: the child completes, then the parent fails.
-    Attempt 3: is the completed child run again?"""
+    Attempt 3: is the completed child run again? `step` is called twice with the same
+    inputs on every attempt."""
     counts["parent"] += 1
+    step()
     step()
     step_opted_out()
     child_opted_out()
@@ -237,47 +239,73 @@ def parent() -> str:
     return result
 
 
+parent = flow(name="differences-parent", retries=2)(_parent)
+# The whole run tree opted out: its subflows and tasks inherit the flow's persist_result.
+parent_opted_out = flow(name="differences-parent-opted-out", retries=2, persist_result=False)(
+    _parent
+)
+
+STOCK = {"parent": 3, "child": 3, "child_opted_out": 3, "task": 6, "task_opted_out": 3}
+PERSISTED = {
+    "parent": 3,
+    # Completed with a persisted result on attempt 2: attempt 3 reuses it.
+    "child": 2,
+    # persist_result=False: nothing to reuse, so it runs on every attempt, as in stock.
+    "child_opted_out": 3,
+    # Run once in all: the default cache policy (inputs, source, flow-run id) finds the
+    # first call's persisted result for the second call and for every later attempt.
+    "task": 1,
+    "task_opted_out": 3,
+}
+BLOCK = "local-file-system/differences-results"
+
+
 @pytest.fixture(scope="module")
-def harness() -> Iterator[None]:
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     # Generous start-up timeout: the throwaway server is slow to start on a busy machine.
     with prefect_test_harness(server_startup_timeout=120):
+        storage = tmp_path_factory.mktemp("block-results")
+        LocalFileSystem(basepath=str(storage)).save(BLOCK.split("/")[1], overwrite=True)
         yield
 
 
-def _run_parent(tmp_path: Path, persist: str) -> dict[str, int]:
+def _run(
+    tmp_path: Path, persist: str, block: str | None = None, fn: Flow[[], str] = parent
+) -> dict[str, int]:
     counts.update(dict.fromkeys(counts, 0))
     with temporary_settings(
-        {PREFECT_RESULTS_PERSIST_BY_DEFAULT: persist, PREFECT_LOCAL_STORAGE_PATH: tmp_path},
-        # A shell with `flowyard env` exported must not send results to the platform's S3.
-        restore_defaults={PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK},
+        {
+            PREFECT_RESULTS_PERSIST_BY_DEFAULT: persist,
+            PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: block,
+            PREFECT_LOCAL_STORAGE_PATH: tmp_path,
+        },
     ):
-        assert parent() == "hello"
+        assert fn() == "hello"
     return dict(counts)
 
 
-def test_stock_prefect_reruns_a_completed_subflow_and_task_when_the_parent_retries(
-    harness: None, tmp_path: Path
-) -> None:
-    assert _run_parent(tmp_path, "false") == {
-        "parent": 3,
-        "child": 3,
-        "child_opted_out": 3,
-        "task": 3,
-        "task_opted_out": 3,
-    }
+def test_stock_prefect_reruns_completed_subflows_and_tasks(harness: None, tmp_path: Path) -> None:
+    assert _run(tmp_path, "false") == STOCK
 
 
-def test_with_persisted_results_a_completed_subflow_and_task_are_reused(
+def test_with_persisted_results_completed_subflows_and_tasks_are_reused(
     harness: None, tmp_path: Path, client: dict[str, str]
 ) -> None:
     # The platform's own value, as `flowyard env` gives it to every flow run.
-    assert _run_parent(tmp_path, client["PREFECT_RESULTS_PERSIST_BY_DEFAULT"]) == {
-        "parent": 3,
-        # Completed with a persisted result on attempt 2: attempt 3 reuses it.
-        "child": 2,
-        # persist_result=False: nothing to reuse, so it runs on every attempt, as in stock.
-        "child_opted_out": 3,
-        # The default cache policy (inputs, source, flow-run id) finds attempt 1's result.
-        "task": 1,
-        "task_opted_out": 3,
-    }
+    assert _run(tmp_path, client["PREFECT_RESULTS_PERSIST_BY_DEFAULT"]) == PERSISTED
+
+
+def test_flow_persist_result_false_opts_the_whole_run_out(
+    harness: None, tmp_path: Path, client: dict[str, str]
+) -> None:
+    persist = client["PREFECT_RESULTS_PERSIST_BY_DEFAULT"]
+    assert _run(tmp_path, persist, BLOCK, fn=parent_opted_out) == STOCK
+
+
+def test_persist_by_default_false_is_no_opt_out_while_a_default_block_is_set(
+    harness: None, tmp_path: Path, client: dict[str, str]
+) -> None:
+    # Prefect 3.9 persists whenever PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK is set, which
+    # `flowyard env` always sets, and an empty value does not unset it.
+    assert client["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"]
+    assert _run(tmp_path, "false", BLOCK) == PERSISTED
