@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export FLOWYARD_HOME ?= $(if $(filter 0,$(shell id -u)),/var/lib/flowyard,$(HOME)/.flowyard)
 
-.PHONY: up down status test lint typecheck unit integration bench clean install
+.PHONY: up down status test lint fmt typecheck unit integration bench clean install
 
 $(BIN)/flowyard: pyproject.toml flows/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,23 @@ down: install
 status: install
 	$(BIN)/flowyard status
 
+PY_DIRS := src tests benchmarks flows
+SHELL_SCRIPTS := deploy/scripts/*.sh deploy/docker/*.sh
+
 lint: install
-	$(BIN)/ruff check src tests benchmarks flows
-	$(BIN)/ruff format --check src tests benchmarks flows
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
+	$(BIN)/shellcheck --external-sources $(SHELL_SCRIPTS)
 	$(BIN)/lint-imports
 
+# Rewrites files: the lint fixes ruff can make safely (what is left is printed, for
+# `make lint` to fail on), then formatting.
+fmt: install
+	$(BIN)/ruff check --fix --exit-zero $(PY_DIRS)
+	$(BIN)/ruff format $(PY_DIRS)
+
 typecheck: install
-	$(BIN)/mypy src/flowyard
+	$(BIN)/mypy src/flowyard tests benchmarks flows/src flows/tests
 
 unit: install
 	$(BIN)/pytest -m "not integration" tests flows/tests

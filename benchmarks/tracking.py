@@ -25,7 +25,7 @@ BATCH_LIMIT = 1000  # MLflow's maximum metrics per log_batch request
 
 def unavailable_reason() -> str | None:
     if find_spec("flowyard.services.mlflow") is None:
-        return "no MLflow service yet (src/flowyard/services/mlflow.py, tracking issue not landed)"
+        return "this flowyard has no MLflow service (flowyard.services.mlflow)"
     if find_spec("mlflow") is None:
         return "the mlflow client is not installed (pip install -e '.[tracking]')"
     return None

@@ -4,7 +4,7 @@
   at a benchmark pool of the default pool's type: whatever the platform ships, this
   measures (the fast `flowyard` worker since the default pool uses it).
 - `process`: stock `prefect worker start --type process`, Prefect's defaults (10 s poll).
-- `flowyard`: `prefect worker start --type flowyard`, the fast worker (issue 8) by its
+- `flowyard`: `prefect worker start --type flowyard`, the fast worker (docs/workers.md) by its
   Prefect worker type, in the platform worker's environment.
 - `auto` (default candidate): `flowyard` when that type is registered, else `platform`.
 

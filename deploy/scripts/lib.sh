@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by backup.sh and restore.sh (not run on its own): which flowyard executable to call.
 
 # Prints the flowyard executable: $FLOWYARD_BIN, else the repo's .venv, else PATH; exits 1

@@ -84,7 +84,13 @@ def test_split_is_stratified_and_reproducible() -> None:
     ],
 )
 def test_validate_params_rejects_bad_input(kwargs: dict[str, Any], message: str) -> None:
-    params = {"model": "logreg", "C": 1.0, "max_depth": None, "n_estimators": 10, "test_size": 0.25}
+    params: dict[str, Any] = {
+        "model": "logreg",
+        "C": 1.0,
+        "max_depth": None,
+        "n_estimators": 10,
+        "test_size": 0.25,
+    }
     with pytest.raises(ValueError, match=message):
         validate_params(**(params | kwargs))
 
@@ -166,7 +172,7 @@ def test_expand_grid_order_and_edge_cases() -> None:
 
 
 def test_summarise_flattens_params_and_metrics() -> None:
-    runs = [
+    runs: list[dict[str, Any]] = [
         {
             "parameters": {"model": "svc", "C": 1.0},
             "state": "COMPLETED",

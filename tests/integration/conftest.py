@@ -51,7 +51,7 @@ def platform(homes: Callable[[str], Path]) -> Iterator[Context]:
         yield ctx
 
 
-def run_client(ctx: Context, code: str, timeout: float = 300, **env: str) -> Any:
+def run_client(ctx: Context, code: str, *, timeout: float = 300, **env: str) -> Any:
     """Run Python as a platform client (through the proxy, TLS verified); return its last
     stdout line parsed as JSON."""
     result = subprocess.run(

@@ -1,4 +1,4 @@
-"""Issue 7: backup, restore and upgrade on the real platform.
+"""Backup, restore and upgrade on the real platform.
 
 One source platform (MLflow on) gets deployments, schedules, flow runs with results, a
 Prefect artifact and an MLflow run with an artifact. The upgrade tests run on it first; then
@@ -303,10 +303,12 @@ def test_backup_restore_roundtrip(
         for run in done:
             key = run["state"]["data"]["storage_key"]
             bucket = restored.config.object_store.results_bucket
-            read = run_client(restored, S3_READ % {"bucket": bucket, "key": key}, **old_ca_env)
+            code = S3_READ % {"bucket": bucket, "key": key}
+            read = run_client(restored, code, timeout=300, **old_ca_env)
             assert read["size"] > 0
         assert [result_value(restored, r) for r in done] == results
-        tracked = run_client(restored, MLFLOW_READ % {"run_id": seeded["mlflow_run"]}, **old_ca_env)
+        code = MLFLOW_READ % {"run_id": seeded["mlflow_run"]}
+        tracked = run_client(restored, code, timeout=300, **old_ca_env)
         assert tracked == {
             "experiment": "backup-check",
             "params": {"alpha": "0.5"},
@@ -320,7 +322,7 @@ def test_backup_restore_roundtrip(
         lifecycle.down(restored, lambda *_: None)
 
 
-def _damaged(taken: Path, dest: Path, damage: Callable[[Path], None]) -> Path:
+def _damaged(taken: Path, dest: Path, damage: Callable[[Path], object]) -> Path:
     copy = dest / "backup"
     shutil.copytree(taken, copy)
     damage(copy)
@@ -338,7 +340,7 @@ def test_damaged_or_incomplete_backup_is_refused_before_anything_changes(
 ) -> None:
     manifest = mf.verify(taken)
     blob = next(k for k in manifest.files if k.startswith("objects/flowyard-results/blobs/"))
-    cases: list[tuple[Callable[[Path], None], str]] = [
+    cases: list[tuple[Callable[[Path], object], str]] = [
         (lambda b: _flip_byte(b / "databases/prefect.dump"), "databases/prefect.dump is damaged"),
         (lambda b: (b / blob).unlink(), f"{blob} is missing"),
         (lambda b: (b / mf.MANIFEST).unlink(), "the backup is incomplete"),

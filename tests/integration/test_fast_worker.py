@@ -145,11 +145,13 @@ def code(homes: Callable[[str], Path]) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def deploy(platform: Context, code: dict[str, Path]) -> Callable[..., UUID]:
-    from prefect import flow
+    from prefect import Flow, flow
 
     def _deploy(entrypoint: str, name: str, queue: str = "default", **job_variables: Any) -> UUID:
         env = {"FY_MARKS": str(code["marks"]), **job_variables.pop("env", {})}
         source = flow.from_source(source=str(code["flows"]), entrypoint=entrypoint)
+        assert isinstance(source, Flow)  # a coroutine only when called from async code
+        assert isinstance(source, Flow)  # a coroutine only when called from async code
         deployment_id = source.deploy(
             name=name,
             work_pool_name="default",

@@ -1,4 +1,4 @@
-"""Issue 7: faults on the real platform, each asserting that no flow run is silently lost.
+"""Faults on the real platform, each asserting that no flow run is silently lost.
 
 One platform for the module; faults are injected through supervisor (stop/start, kill -9) as
 an operator or the kernel would. Every run a test starts must end in a state visible through
@@ -110,8 +110,8 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
 def worker_killed(yard: Context) -> dict[str, Any]:
     """The local worker dies mid-run (kill -9) with two runs in flight.
 
-    The default pool's `flowyard` worker takes its runs down with it (issue 8: no orphans,
-    runs end Crashed). The victim dies silently first, as in a machine crash: the worker is
+    The default pool's `flowyard` worker takes its runs down with it (no orphans, runs end
+    Crashed; docs/workers.md). The victim dies silently first, as in a machine crash: the worker is
     frozen (SIGSTOP) so it cannot report the exit, the run's processes are killed, then the
     worker. Only the zombie automation can mark the victim Crashed (heartbeats stop). The
     other run is terminated by the worker's death (parent-death signal) and reports itself."""

@@ -1,4 +1,4 @@
-"""Issue 2 end to end: a flow through the HTTPS proxy with auth and TLS verification, its
+"""The platform end to end: a flow through the HTTPS proxy with auth and TLS verification, its
 task runs via the websocket event path, its result in S3, the UI compressed, 401 without
 credentials, and `down` leaving nothing running or listening."""
 
@@ -11,6 +11,7 @@ import ssl
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import boto3
 import httpx
@@ -85,7 +86,7 @@ def test_flow_run_through_proxy_with_tls_and_auth(platform: Context) -> None:
     assert pickle.loads(base64.b64decode(body["Body"].read())) == "Hello, Alice!"
 
 
-def _loopback_s3(ctx: Context) -> object:
+def _loopback_s3(ctx: Context) -> Any:
     return boto3.client(
         "s3",
         endpoint_url=f"http://127.0.0.1:{ctx.config.object_store.s3_port}",
@@ -222,7 +223,7 @@ def test_only_the_proxy_could_listen_beyond_loopback(platform: Context) -> None:
     pids = platform_pids(platform)
     for conn in psutil.net_connections("inet"):
         if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
-            assert conn.laddr.ip in ("127.0.0.1", "::1"), conn
+            assert conn.laddr and conn.laddr.ip in ("127.0.0.1", "::1"), conn
 
 
 def test_status_json_and_up_twice_is_harmless(platform: Context) -> None:
@@ -328,7 +329,9 @@ def test_down_leaves_no_process_and_no_port(homes: Callable[[str], Path]) -> Non
         for pid in pids:
             assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
         listening = {
-            c.laddr.port for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN
+            c.laddr.port
+            for c in psutil.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN and c.laddr
         }
         assert not listening & set(ports)
         # Data survives down/up: the same database answers with the same history.

@@ -1,4 +1,4 @@
-"""Issue 5 end to end: MLflow on the platform, behind the proxy with TLS verified, linked both
+"""Tracking end to end: MLflow on the platform, behind the proxy with TLS verified, linked both
 ways with Prefect flow runs.
 
 One platform (MLflow on, no worker) for the module. One client process runs the flows as a
@@ -349,6 +349,6 @@ def test_glue_needs_only_mlflow_skinny() -> None:
     from importlib.metadata import distribution
 
     skinny = distribution("mlflow-skinny")
-    shipped = {str(Path(skinny.locate_file(f)).resolve()) for f in skinny.files or []}
+    shipped = {str(Path(str(skinny.locate_file(f))).resolve()) for f in skinny.files or []}
     outside = sorted(m for m, f in loaded.items() if f and str(Path(f).resolve()) not in shipped)
     assert loaded and not outside

@@ -1,4 +1,4 @@
-"""Issue 3 end to end: deployments from prefect.yaml with code in S3, the seed's schedule,
+"""Workloads end to end: deployments from prefect.yaml with code in S3, the seed's schedule,
 runs on demand with results in S3, queue priority, a remote worker in its own network
 namespace, the zombie automation, and bad input refused before anything is left behind."""
 
@@ -166,7 +166,7 @@ def test_run_on_demand_completes_with_result_in_s3(deployed: Context) -> None:
     assert outcome["state"] == "COMPLETED"
     assert outcome["result"]["metrics"]["accuracy"] > 0.9
     run = flow_run(deployed, outcome["flow_run_id"])
-    # Run by the platform's own worker, which is the fast `flowyard` type (issue 8).
+    # Run by the platform's own worker, which is the fast `flowyard` type (docs/workers.md).
     assert run["work_pool_name"] == "default"
     with api_client(deployed) as api:
         assert api.get("/work_pools/default").json()["type"] == "flowyard"

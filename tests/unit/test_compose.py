@@ -1,9 +1,9 @@
 """Container deployment: rendered from the one config, validated statically (no Docker engine).
 
 The compose files and Dockerfiles are checked by the compose-spec JSON schema
-(check-jsonschema's vendored copy) and hadolint, both from the dev extra; the rest proves
-what the issue asks: healthchecks, pinned images, no secret values, a closed production,
-and parity with native mode.
+(check-jsonschema's vendored copy) and hadolint, both from the dev extra; the rest checks
+what a container deployment must have: healthchecks, pinned images, no secret values, a
+closed production, and parity with native mode.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def _tagged(cls: type) -> Any:
             return cls(loader.construct_sequence(node, deep=True))
         if isinstance(node, yaml.MappingNode):
             return cls(loader.construct_mapping(node, deep=True))
-        return cls(loader.construct_scalar(node))  # type: ignore[arg-type]
+        return cls(loader.construct_scalar(node))
 
     return construct
 

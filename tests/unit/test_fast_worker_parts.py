@@ -23,7 +23,8 @@ def test_registered_with_its_own_job_template() -> None:
     from prefect.workers.base import BaseWorker
     from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 
-    assert BaseWorker.get_worker_class_from_type("flowyard").__name__ == "FlowyardWorker"
+    worker_class = BaseWorker.get_worker_class_from_type("flowyard")
+    assert worker_class is not None and worker_class.__name__ == "FlowyardWorker"
     template = asyncio.run(get_default_base_job_template_for_infrastructure_type("flowyard"))
     assert template is not None
     variables = template["variables"]["properties"]

@@ -8,12 +8,13 @@ returns JSON-friendly metrics (persisted by the platform's result storage).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
-from prefect import flow, get_run_logger, task
+from prefect import Task, flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from sklearn.base import ClassifierMixin
@@ -116,12 +117,19 @@ def evaluate_model(
     return metrics, per_class
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
 # Intermediates (arrays, fitted models) stay in memory: persisting or hashing them for a
 # cache would only cost S3 writes. Training is deterministic, so retries would not help.
-_TASK_OPTS: dict[str, Any] = {"retries": 0, "persist_result": False, "cache_policy": NO_CACHE}
-load_task = task(load_split, name="load-digits", **_TASK_OPTS)
-train_task = task(fit_model, name="train-model", **_TASK_OPTS)
-evaluate_task = task(evaluate_model, name="evaluate-model", **_TASK_OPTS)
+def _intermediate(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
+    return task(name=name, retries=0, persist_result=False, cache_policy=NO_CACHE)
+
+
+load_task = _intermediate("load-digits")(load_split)
+train_task = _intermediate("train-model")(fit_model)
+evaluate_task = _intermediate("evaluate-model")(evaluate_model)
 
 
 # JSON rather than pickle: the stored result is readable by any tool and any Python.

@@ -24,6 +24,20 @@ POLL_SECONDS = 5.0
 ARTIFACT_KEY = "digits-sweep"
 
 
+def _start(deployment: str, params: dict[str, Any], work_queue_name: str | None) -> FlowRun:
+    run = run_deployment(
+        name=deployment,
+        parameters=params,
+        timeout=0,
+        as_subflow=True,
+        work_queue_name=work_queue_name,
+    )
+    # run_deployment returns a coroutine only when called from async code; the sweep is sync.
+    if not isinstance(run, FlowRun):
+        raise TypeError(f"run_deployment returned {type(run).__name__}, not a FlowRun")
+    return run
+
+
 def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """Cartesian product of the grid, in key order then value order.
 
@@ -103,16 +117,7 @@ def digits_sweep(
     logger.info("sweeping %d runs of %s", len(combos), deployment)
 
     # timeout=0: create the run and return at once, so all grid points start together.
-    flow_runs = [
-        run_deployment(
-            name=deployment,
-            parameters=params,
-            timeout=0,
-            as_subflow=True,
-            work_queue_name=work_queue_name,
-        )
-        for params in combos
-    ]
+    flow_runs = [_start(deployment, params, work_queue_name) for params in combos]
     if wait:
         latest = _wait_for([fr.id for fr in flow_runs], timeout)
         flow_runs = [latest[fr.id] for fr in flow_runs]

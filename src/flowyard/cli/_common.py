@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, ParamSpec, TypeVar
@@ -25,22 +27,41 @@ HomeOption = typer.Option(
 )
 
 
-def exit_with_error(message: str, fix: str | None = None, code: int = 1) -> NoReturn:
+# Set to 1 to see an error's details (e.g. a failed child process's whole output).
+DEBUG_VARIABLE = "FLOWYARD_DEBUG"
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def exit_with_error(
+    message: str, fix: str | None = None, code: int = 1, details: str | None = None
+) -> NoReturn:
     err_console.print(f"[bold red]Error:[/] {message}")
+    # Details (a traceback, a child's stderr) would bury the one line that matters, so they
+    # are shown on request; a hint says how, unless they only repeat the message.
+    if details and details.strip() and details.strip() not in message:
+        if debug_enabled():
+            body = textwrap.indent(details.rstrip(), "  ")
+            err_console.print(body, markup=False, emoji=False, soft_wrap=True)
+        else:
+            err_console.print(f"[dim](details: run again with {DEBUG_VARIABLE}=1)[/]")
     if fix:
         err_console.print(f"[bold]Fix:[/] {fix}")
     raise typer.Exit(code)
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn FlowyardError into a two-line message and exit code 1, never a traceback."""
+    """Turn FlowyardError into a two-line message and exit code 1, never a traceback
+    (its details, indented, with FLOWYARD_DEBUG=1)."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except FlowyardError as exc:
-            exit_with_error(exc.message, exc.fix)
+            exit_with_error(exc.message, exc.fix, details=exc.details)
         except KeyboardInterrupt:
             exit_with_error("Interrupted.", code=130)
 

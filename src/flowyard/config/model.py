@@ -55,7 +55,7 @@ class ProxyConfig(_Section):
     )
     http_port: Port = Field(8080, description="Plain HTTP port; it only redirects to HTTPS.")
     s3_https_port: Port = Field(
-        8444, description="HTTPS port of the object store (the design's 444)."
+        8444, description="HTTPS port of the object store (444 in production)."
     )
     admin_port: Port = Field(2019, description="Caddy's admin API, loopback only.")
     tls: Literal["internal", "acme"] = Field(
@@ -241,7 +241,7 @@ def default_pools() -> list[PoolSpec]:
 
 
 class FlowyardConfig(BaseSettings):
-    """All of Flowyard's settings; see `flowyard config show` and the README's reference."""
+    """All of Flowyard's settings; the README's configuration reference is generated from them."""
 
     model_config = SettingsConfigDict(
         env_prefix="FLOWYARD_",
