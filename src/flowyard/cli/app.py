@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from flowyard.cli import apply, deploy, env, init, ops, platform_cmds, render, worker_cmds
@@ -30,4 +32,6 @@ app.add_typer(render.app, name="render")
 
 
 def main() -> None:
+    # Whatever flowyard writes (configs, rendered files, logs, backups) is its user's alone.
+    os.umask(0o077)
     app()

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from flowyard.config.model import TOML_FILE, FlowyardConfig
 from flowyard.config.paths import Paths, default_home
 from flowyard.errors import FlowyardError
+from flowyard.files import write_private
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
@@ -70,5 +71,5 @@ def write_config(config: FlowyardConfig, overrides: dict[str, Any] | None = None
         "# reference; FLOWYARD_<SECTION>__<KEY> environment variables override it.\n"
         "# Secrets are not here: they are in secrets.toml (0600).\n\n"
     )
-    paths.config_file.write_text(header + tomli_w.dumps(data))
+    write_private(paths.config_file, header + tomli_w.dumps(data))
     return paths.config_file

@@ -178,6 +178,16 @@ def write_rendered_files(ctx: Context, services: list[Service]) -> bool:
 def up(ctx: Context, progress: Progress, only: Collection[str] | None = None) -> None:
     """Start the platform; with `only`, just those services (restore and upgrade use it),
     and a failure then stops only what this call started."""
+    # What `up` and the services' prepare steps create (data dirs, rendered configs) is
+    # owner-only, whoever calls this; supervisord gives its programs the same umask.
+    old_umask = os.umask(0o077)
+    try:
+        _up(ctx, progress, only)
+    finally:
+        os.umask(old_umask)
+
+
+def _up(ctx: Context, progress: Progress, only: Collection[str] | None) -> None:
     paths = ctx.paths
     _check_home_writable(paths)
     _prepare_dirs(ctx)

@@ -8,6 +8,7 @@ import ssl
 import httpx
 
 from flowyard.config.context import Context
+from flowyard.files import write_private
 from flowyard.services.base import Service, binary
 from flowyard.services.caddyfile import Upstreams, render_caddyfile
 
@@ -23,7 +24,7 @@ def env(ctx: Context) -> dict[str, str]:
 def prepare(ctx: Context) -> None:
     ctx.paths.caddy_data.mkdir(parents=True, exist_ok=True)
     ctx.paths.files.mkdir(parents=True, exist_ok=True)
-    ctx.paths.caddyfile.write_text(render_caddyfile(ctx.config, Upstreams.from_context(ctx)))
+    write_private(ctx.paths.caddyfile, render_caddyfile(ctx.config, Upstreams.from_context(ctx)))
 
 
 def export_ca(ctx: Context) -> bool:

@@ -89,6 +89,21 @@ def _copy_install_for_root(ctx: Context) -> None:
     stamp.write_text(str(src.stat().st_mtime_ns))
 
 
+def _own_install_copy(ctx: Context) -> None:
+    """The server's copy of the binaries is its account's alone, like everything else
+    under the home (copies made by earlier versions were world-readable)."""
+    dist = ctx.paths.data / "pgdist"
+    user = pwd.getpwnam(ctx.config.postgres.system_user)
+    if dist.stat().st_uid == user.pw_uid and not dist.stat().st_mode & 0o077:
+        return
+    for root, dirs, files in os.walk(dist):
+        for name in [".", *dirs, *files]:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chown(path, user.pw_uid, user.pw_gid)
+                os.chmod(path, os.stat(path).st_mode & 0o700)
+
+
 def _check_traversable(path: Path, user: str) -> None:
     for parent in [path, *path.parents]:
         if not parent.stat().st_mode & 0o001:
@@ -125,6 +140,7 @@ def prepare(ctx: Context) -> None:
     if _running_as_root():
         user = ensure_system_user(ctx.config.postgres.system_user)
         _copy_install_for_root(ctx)
+        _own_install_copy(ctx)
         # The server user must traverse FLOWYARD_HOME to reach its data; 0711 lets it
         # pass through without listing anything (secrets.toml stays 0600).
         for parent in (ctx.paths.home, ctx.paths.data, ctx.paths.run):
