@@ -11,11 +11,13 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from flowyard.errors import FlowyardError
 
 console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Never wrapped: an error is one line (plus its fix), whatever the terminal's width.
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -26,9 +28,10 @@ HomeOption = typer.Option(
 
 
 def exit_with_error(message: str, fix: str | None = None, code: int = 1) -> NoReturn:
-    err_console.print(f"[bold red]Error:[/] {message}")
+    # Escaped: values such as `[::1]` or `[proxy]` are text, not console markup.
+    err_console.print(f"[bold red]Error:[/] {escape(message)}")
     if fix:
-        err_console.print(f"[bold]Fix:[/] {fix}")
+        err_console.print(f"[bold]Fix:[/] {escape(fix)}")
     raise typer.Exit(code)
 
 

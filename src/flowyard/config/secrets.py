@@ -6,10 +6,12 @@ Nothing here has a default: a platform that ships a password ships it to everyon
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
 import tomllib
 from pathlib import Path
+from urllib.parse import quote
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -59,6 +61,15 @@ class Secrets(BaseModel):
     def values(self) -> list[str]:
         """Every secret value, for tests that prove none leaked into a rendered file."""
         return list(self.plain().values())
+
+
+def url_quote(secret: str) -> str:
+    """A secret as it goes into a URL's user-info: percent-encoded (`@`, `/`, `:` ... in a
+    hand-set password would otherwise end the field). A compose reference (`${VAR:?}`) is
+    kept: compose substitutes it later."""
+    if re.fullmatch(r"\$\{[A-Za-z0-9_]+:\?\}", secret):
+        return secret
+    return quote(secret, safe="")
 
 
 def write_secrets(path: Path, value: Secrets) -> None:

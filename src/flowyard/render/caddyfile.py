@@ -92,7 +92,7 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams) -> str:
     lines = ["{", *(f"\t{o}" for o in global_opts), "}", ""]
 
     main = [
-        f"{_site_address(proxy.host, proxy.https_port)} {{",
+        f"{_site_address(proxy.url_host, proxy.https_port)} {{",
         f"\t{tls}",
         "\tencode zstd gzip",
         "\tlog {",
@@ -128,7 +128,7 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams) -> str:
         # S3 signatures cover the Host header; Caddy forwards it unchanged, and nothing is
         # re-encoded here because checksums cover the body.
         lines += [
-            f"{_site_address(proxy.host, proxy.s3_https_port)} {{",
+            f"{_site_address(proxy.url_host, proxy.s3_https_port)} {{",
             f"\t{tls}",
             f"\treverse_proxy {up.s3} {{",
             "\t\tflush_interval -1",
@@ -138,7 +138,7 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams) -> str:
         ]
     # Plain HTTP only redirects, keeping the configured HTTPS port in the target.
     lines += [
-        f"http://{proxy.host}:{proxy.http_port} {{",
+        f"http://{proxy.url_host}:{proxy.http_port} {{",
         f"\tredir {proxy.url}{{uri}} permanent",
         "}",
         "",

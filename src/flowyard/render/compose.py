@@ -124,7 +124,7 @@ def caddyfile(config: FlowyardConfig, *, production: bool) -> str:
     if cfg.object_store.kind == "seaweedfs":
         ports.append(proxy.s3_https_port)
     for port in ports:
-        site = f"https://{proxy.host}:{port}"
+        site = f"https://{proxy.url_host}:{port}"
         text = must_replace(text, f"{site} {{", f"{site}, https://{c.CADDY}:{port} {{")
     return text
 

@@ -15,6 +15,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from flowyard.config.model import LOOPBACK
+from flowyard.config.secrets import url_quote
 from flowyard.errors import FlowyardError
 from flowyard.services.base import Context, Service, disk_full, ensure_system_user
 
@@ -214,7 +215,7 @@ def is_ready(ctx: Context) -> bool:
 def database_url(ctx: Context, database: str, driver: str = "postgresql+asyncpg") -> str:
     password = getattr(ctx.secrets, DATABASES[database]).get_secret_value()
     host, port = ctx.hosts.postgres, ctx.config.postgres.port
-    return f"{driver}://{database}:{password}@{host}:{port}/{database}"
+    return f"{driver}://{database}:{url_quote(password)}@{host}:{port}/{database}"
 
 
 def service(ctx: Context) -> Service:

