@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from flowyard.cli._common import HomeOption, console, handle_errors, resolve_home
+from flowyard.errors import FlowyardError
 from flowyard.platform import lifecycle
 from flowyard.platform.join import JoinInfo, check_connection, default_worker_name, worker_env
 
@@ -24,8 +25,20 @@ def join_file(
 ) -> None:
     """Write the file a remote worker joins with (URL, CA, credentials, pool)."""
     ctx = lifecycle.load_context(resolve_home(home))
+    if ctx.config.proxy.tls == "internal" and not ctx.paths.ca_cert.exists():
+        raise FlowyardError(
+            f"The platform's CA certificate {ctx.paths.ca_cert} does not exist yet: the first "
+            "`flowyard up` exports it, and a join file must carry it.",
+            fix="Run `flowyard up`, then `flowyard worker join-file` again.",
+        )
     info = JoinInfo.from_platform(ctx, pool or ctx.config.worker.pool)
-    info.write(out)
+    try:
+        info.write(out)
+    except OSError as exc:
+        raise FlowyardError(
+            f"Cannot write the join file {out}: {exc.strerror}.",
+            fix="Give --out a path in an existing, writable directory.",
+        ) from exc
     console.print(
         f"[green]Wrote[/] {out} (0600). It grants access to the platform: copy it safely."
     )
