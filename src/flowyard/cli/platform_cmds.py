@@ -11,7 +11,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flowyard.cli._common import HomeOption, console, handle_errors, print_json, resolve_home
+from flowyard.cli._common import (
+    HomeOption,
+    console,
+    err_console,
+    handle_errors,
+    print_json,
+    resolve_home,
+)
 from flowyard.errors import FlowyardError
 from flowyard.platform import lifecycle
 from flowyard.platform.lock import home_lock
@@ -25,7 +32,8 @@ def _note_stale_pidfile(ctx: Context) -> Supervisor:
     sup = Supervisor(ctx.paths)
     sup.pid()
     if sup.stale:
-        console.print(f"[yellow]Note:[/] {escape(sup.stale)}", soft_wrap=True)
+        # On stderr: `status --json` keeps a clean stdout.
+        err_console.print(f"[yellow]Note:[/] {escape(sup.stale)}")
     return sup
 
 

@@ -24,7 +24,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         shown = "" if isinstance(value, dict | list) else f" = {value!r}"
         msg = err["msg"].removeprefix("Value error, ")
         # Cross-field rules name their fields themselves.
-        problems.append(f"{field}{shown}: {msg}" if field else msg)
+        problems.append(f"{field}{shown}: {msg}" if field and field not in msg else msg)
     if len(problems) == 1:
         return f"Invalid configuration in {source}: {problems[0]}"
     return "\n".join([f"Invalid configuration in {source}:", *(f"  - {p}" for p in problems)])

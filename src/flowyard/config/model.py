@@ -178,8 +178,8 @@ class ProxyConfig(_Section):
     )
     bind: str | None = Field(
         None,
-        description="Address Caddy listens on. Default: 127.0.0.1 when host is localhost, "
-        "else all interfaces.",
+        description="Address Caddy listens on (an IP). Default: the host's own loopback address "
+        "when host is loopback (localhost: 127.0.0.1; 127.0.0.0/8; ::1), else all interfaces.",
     )
     https_port: Port = Field(
         8443, description="HTTPS port for UI, API and MLflow (443 in production)."

@@ -127,6 +127,7 @@ def _check_target(home: Path, backup: Path, force: bool) -> None:
 
 def preflight(backup: Path, home: Path, force: bool) -> tuple[mf.Manifest, Context]:
     """Every reason to refuse, checked while nothing has been changed yet."""
+    _check_target(home, backup, force)
     manifest = mf.verify(backup)
     problems = mf.incompatibilities(manifest, _installed())
     if problems:
@@ -136,7 +137,6 @@ def preflight(backup: Path, home: Path, force: bool) -> tuple[mf.Manifest, Conte
             fix="Nothing was changed. Install the Flowyard version named in the backup's "
             "manifest.json (versions), restore, then `flowyard upgrade`.",
         )
-    _check_target(home, backup, force)
     ctx = _restored_context(backup, home)
     missing = [db for db in manifest.databases if db not in postgres.DATABASES]
     if "mlflow" in manifest.databases and not ctx.config.mlflow.enabled:
