@@ -22,7 +22,7 @@ from flowyard.cli._common import (
 from flowyard.errors import FlowyardError
 from flowyard.platform import lifecycle
 from flowyard.platform.lock import home_lock
-from flowyard.platform.registry import service_names
+from flowyard.platform.registry import build_services, service_names
 from flowyard.platform.supervisor import Supervisor
 from flowyard.services.base import Context
 
@@ -97,7 +97,7 @@ def status(
     ctx = lifecycle.load_context(resolve_home(home))
     sup = _note_stale_pidfile(ctx)
     rows = lifecycle.status(ctx)
-    orphans = sup.orphans()
+    orphans = sup.orphans(build_services(ctx))
     for row in rows:
         procs = orphans.get(row.name)
         if procs:

@@ -102,12 +102,23 @@ class Supervisor:
                 pidfile.unlink()
         self.stale = f"removed the stale {pidfile}: {why}; that process was not touched"
 
-    def orphans(self) -> dict[str, list[psutil.Process]]:
+    def orphans(self, services: Iterable[Service] = ()) -> dict[str, list[psutil.Process]]:
         """Services of this home still running without their supervisord, by program name:
-        each program's first process, then its descendants. Empty while supervisord runs."""
+        each program's first process, then its descendants. Empty while supervisord runs.
+
+        Proof is the supervisor environment (see the module's doc). A program that rewrites
+        its environment area with its process title (Redis does) is recognised instead by
+        running its service's own executable (not an interpreter: Python services' commands
+        are scripts) in the working directory supervisord gave it, inside this home."""
         if self.pid() is not None:
             return {}
         url = f"unix://{self.paths.supervisor_socket}"
+        home = self.paths.home.resolve()
+        binaries: dict[tuple[str, Path], str] = {}
+        for service in services:
+            where = Path(service.cwd or self.paths.home).resolve()
+            if service.command and where.is_relative_to(home):
+                binaries[(os.path.realpath(service.command[0]), where)] = service.name
         mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
         found: dict[str, list[psutil.Process]] = {}
         for proc in psutil.process_iter():
@@ -120,6 +131,11 @@ class Supervisor:
             name = env.get("SUPERVISOR_PROCESS_NAME")
             if name and env.get("SUPERVISOR_SERVER_URL") == url:
                 found.setdefault(name, []).append(proc)
+            elif "SUPERVISOR_SERVER_URL" not in env:
+                with contextlib.suppress(psutil.Error, OSError):
+                    name = binaries.get((os.path.realpath(proc.exe()), Path(proc.cwd()).resolve()))
+                    if name:
+                        found.setdefault(name, []).append(proc)
         result: dict[str, list[psutil.Process]] = {}
         for name, procs in found.items():
             pids = {p.pid for p in procs}
@@ -138,10 +154,10 @@ class Supervisor:
     ) -> list[str]:
         """Stop orphaned services in reverse start order, each with its own stop signal,
         killing what outlives its stop timeout; the names stopped."""
-        orphans = self.orphans()
+        known = list(services)
+        orphans = self.orphans(known)
         if not orphans:
             return []
-        known = list(services)
         order = [s for s in reversed(known) if s.name in orphans]
         unknown = [n for n in orphans if n not in {s.name for s in known}]
         for name, sig, wait in [
