@@ -112,7 +112,9 @@ def _check_target(home: Path, backup: Path, force: bool) -> None:
             fix="Restore into a new or empty --home, or move what does not belong to Flowyard "
             "out of it.",
         )
-    if Supervisor(Paths(home)).pid() is not None:
+    sup = Supervisor(Paths(home))
+    # Services orphaned by a killed supervisord still hold the data --force would replace.
+    if sup.pid() is not None or sup.orphans():
         raise FlowyardError(
             f"The platform at {home} is running.",
             fix=f"Stop it first: `flowyard down --home {home}`.",
