@@ -116,7 +116,9 @@ def probe_as_nobody(plan: dict[str, Any]) -> dict[str, Any]:
 def test_another_local_user_gets_nothing_without_a_credential(installed: Context) -> None:
     ctx, paths = installed, installed.paths
     proxy, store = ctx.config.proxy, ctx.config.object_store
-    files, dirs, sockets = [], [], []
+    files: list[str] = []
+    dirs: list[str] = []
+    sockets: list[str] = []
     for root, dirnames, filenames in os.walk(paths.home):
         dirs += [os.path.join(root, d) for d in dirnames]
         for name in filenames:

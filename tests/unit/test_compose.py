@@ -151,7 +151,7 @@ def test_committed_files_are_a_fresh_render(files: dict[str, str]) -> None:
     stale = [n for n, text in files.items() if (COMPOSE_DIR / n).read_text() != text]
     assert not stale, (
         f"deploy/compose/{stale} differ from a render of the default config: run "
-        "`.venv/bin/python -m flowyard.render.compose` and commit the result"
+        "`.venv/bin/python -m flowyard.compose.render` and commit the result"
     )
 
 

@@ -13,11 +13,13 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from flowyard.errors import FlowyardError
 
 console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Never wrapped: an error is one line (plus its fix), whatever the terminal's width.
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,7 +40,8 @@ def debug_enabled() -> bool:
 def exit_with_error(
     message: str, fix: str | None = None, code: int = 1, details: str | None = None
 ) -> NoReturn:
-    err_console.print(f"[bold red]Error:[/] {message}")
+    # Escaped: values such as `[::1]` or `[proxy]` are text, not console markup.
+    err_console.print(f"[bold red]Error:[/] {escape(message)}")
     # Details (a traceback, a child's stderr) would bury the one line that matters, so they
     # are shown on request; a hint says how, unless they only repeat the message.
     if details and details.strip() and details.strip() not in message:
@@ -48,7 +51,7 @@ def exit_with_error(
         else:
             err_console.print(f"[dim](details: run again with {DEBUG_VARIABLE}=1)[/]")
     if fix:
-        err_console.print(f"[bold]Fix:[/] {fix}")
+        err_console.print(f"[bold]Fix:[/] {escape(fix)}")
     raise typer.Exit(code)
 
 

@@ -11,7 +11,9 @@ from rich.table import Table
 from flowyard.cli._common import HomeOption, console, handle_errors, print_json, resolve_home
 from flowyard.config.context import load_context
 from flowyard.errors import FlowyardError
+from flowyard.platform.lock import home_lock
 from flowyard.projects.api import deploy_project, trigger
+from flowyard.projects.project import load_project
 
 
 @handle_errors
@@ -24,7 +26,15 @@ def deploy(
 ) -> None:
     """Validate, push code to the platform's S3 bucket, and register the deployments."""
     ctx = load_context(resolve_home(home))
-    with console.status(f"Deploying {path}…"):
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise FlowyardError(
+            f"Flow project folder {path} {what}.",
+            fix="Give `flowyard deploy` the folder holding your prefect.yaml (e.g. flows/).",
+        )
+    # Read here too, so a missing or broken prefect.yaml is one line, not a child's traceback.
+    load_project(path.absolute())
+    with home_lock(ctx.paths.home, "deploy"), console.status(f"Deploying {path}…"):
         deployments = deploy_project(ctx, path.absolute(), pool, queue)
     if as_json:
         print_json(deployments)

@@ -3,6 +3,7 @@ versions. The work is in flowyard.ops; this module draws its progress."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from rich.progress import (
 from flowyard.cli._common import HomeOption, console, handle_errors, resolve_home
 from flowyard.config.context import load_context
 from flowyard.config.paths import default_home
+from flowyard.errors import FlowyardError
 from flowyard.ops.progress import Reporter, Task
+from flowyard.platform.lock import home_lock, lock_path
 
 
 class RichReporter(Reporter):
@@ -76,7 +79,7 @@ def backup(
     ctx = load_context(resolve_home(home))
     started = time.monotonic()
     console.print(f"Backing up Flowyard at {ctx.paths.home}")
-    with _progress() as progress:
+    with home_lock(ctx.paths.home, "backup"), _progress() as progress:
         path = run_backup(ctx, to, RichReporter(progress))
     console.print(
         f"\n[bold green]Backup complete[/] in {time.monotonic() - started:.1f} s: [bold]{path}[/]"
@@ -110,8 +113,24 @@ def restore(
         return
     started = time.monotonic()
     console.print(f"Restoring {backup} into {target}")
-    with _progress() as progress:
-        ops_restore.restore(backup, target, force, RichReporter(progress))
+    created = not target.exists()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FlowyardError(
+            f"Cannot create the restore target {target}: {exc.strerror}.",
+            fix="Choose a writable --home.",
+        ) from exc
+    try:
+        with home_lock(target, "restore"), _progress() as progress:
+            ops_restore.restore(backup, target, force, RichReporter(progress))
+    except BaseException:
+        if created:
+            # Refused before anything was restored: leave no trace of the attempt.
+            lock_path(target).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                target.rmdir()
+        raise
     console.print(f"\n[bold green]Restored[/] in {time.monotonic() - started:.1f} s.")
     console.print(f"  Next: [bold]flowyard up --home {target}[/]")
 
@@ -134,7 +153,7 @@ def upgrade(
 
     ctx = load_context(resolve_home(home))
     started = time.monotonic()
-    with _progress() as progress:
+    with home_lock(ctx.paths.home, "upgrade"), _progress() as progress:
         outcome = run_upgrade(
             ctx,
             RichReporter(progress),

@@ -8,13 +8,33 @@ import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from flowyard.cli._common import HomeOption, console, handle_errors, print_json, resolve_home
-from flowyard.config.context import load_context
+from flowyard.cli._common import (
+    HomeOption,
+    console,
+    err_console,
+    handle_errors,
+    print_json,
+    resolve_home,
+)
+from flowyard.config.context import Context, load_context
 from flowyard.errors import FlowyardError
 from flowyard.platform import lifecycle
-from flowyard.platform.registry import service_names
+from flowyard.platform.lock import home_lock
+from flowyard.platform.registry import build_services, service_names
+from flowyard.platform.supervisor import Supervisor
+
+
+def _note_stale_pidfile(ctx: Context) -> Supervisor:
+    """Check the pidfile before anything acts on it, and say when it was stale."""
+    sup = Supervisor(ctx.paths)
+    sup.pid()
+    if sup.stale:
+        # On stderr: `status --json` keeps a clean stdout.
+        err_console.print(f"[yellow]Note:[/] {escape(sup.stale)}")
+    return sup
 
 
 @handle_errors
@@ -23,7 +43,8 @@ def up(home: Path | None = HomeOption) -> None:
     ctx = load_context(resolve_home(home))
     started = time.monotonic()
 
-    with console.status("Starting Flowyard…") as status:
+    with home_lock(ctx.paths.home, "up"), console.status("Starting Flowyard…") as status:
+        _note_stale_pidfile(ctx)
 
         def progress(name: str, phase: str) -> None:
             if phase.startswith(lifecycle.NOTE):
@@ -51,10 +72,17 @@ def up(home: Path | None = HomeOption) -> None:
 def down(home: Path | None = HomeOption) -> None:
     """Stop every service gracefully; data is kept."""
     ctx = load_context(resolve_home(home))
-    if not lifecycle.down(
-        ctx,
-        lambda name, phase: console.print(f"  {name:<17} {phase}") if phase == "stopped" else None,
-    ):
+    with home_lock(ctx.paths.home, "down"):
+        _note_stale_pidfile(ctx)
+        stopped = lifecycle.down(
+            ctx,
+            lambda name, phase: (
+                console.print(f"  {name:<17} {phase}")
+                if phase in ("stopped", "stopping (orphaned)")
+                else None
+            ),
+        )
+    if not stopped:
         console.print("Flowyard is not running; nothing to stop.")
         return
     console.print("[green]Flowyard is down.[/] Data is kept in " + str(ctx.paths.data))
@@ -67,7 +95,18 @@ def status(
 ) -> None:
     """Show each service's state and readiness."""
     ctx = load_context(resolve_home(home))
+    sup = _note_stale_pidfile(ctx)
     rows = lifecycle.status(ctx)
+    orphans = sup.orphans(build_services(ctx))
+    for row in rows:
+        procs = orphans.get(row.name)
+        if procs:
+            # Running, but nothing supervises it: no restart on failure, and `down` must find it.
+            row.state, row.pid, row.ready = "ORPHANED", procs[0].pid, False
+            row.problem = (
+                f"running (pid {procs[0].pid}) without its supervisord; "
+                "`flowyard down` stops it, then `flowyard up`"
+            )
     if as_json:
         print_json({"url": ctx.config.proxy.url, "services": [r.as_dict() for r in rows]})
         return

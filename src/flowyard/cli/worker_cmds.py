@@ -11,6 +11,7 @@ import typer
 from flowyard.cli._common import HomeOption, console, handle_errors, resolve_home
 from flowyard.client.joinfile import JoinInfo
 from flowyard.config.context import load_context
+from flowyard.errors import FlowyardError
 from flowyard.platform.join import (
     check_connection,
     default_worker_name,
@@ -31,7 +32,13 @@ def join_file(
     """Write the file a remote worker joins with (URL, CA, credentials, pool)."""
     ctx = load_context(resolve_home(home))
     info = join_info(ctx, pool or ctx.config.worker.pool)
-    info.write(out)
+    try:
+        info.write(out)
+    except OSError as exc:
+        raise FlowyardError(
+            f"Cannot write the join file {out}: {exc.strerror}.",
+            fix="Give --out a path in an existing, writable directory.",
+        ) from exc
     console.print(
         f"[green]Wrote[/] {out} (0600). It grants access to the platform: copy it safely."
     )

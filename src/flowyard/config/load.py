@@ -17,17 +17,28 @@ from flowyard.files import write_private
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"Invalid configuration in {source}:"]
+    """One line per problem, naming the field, the value and the rule; one problem, one line."""
+    problems = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        field = ".".join(str(p) for p in err["loc"])
         value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" = {value!r}"
-        lines.append(f"  - {field}{shown}: {err['msg']}")
-    return "\n".join(lines)
+        shown = "" if isinstance(value, dict | list) else f" = {value!r}"
+        msg = err["msg"].removeprefix("Value error, ")
+        # Cross-field rules name their fields themselves.
+        problems.append(f"{field}{shown}: {msg}" if field and field not in msg else msg)
+    if len(problems) == 1:
+        return f"Invalid configuration in {source}: {problems[0]}"
+    return "\n".join([f"Invalid configuration in {source}:", *(f"  - {p}" for p in problems)])
 
 
-def load_config(home: Path | None = None, *, require_file: bool = True) -> FlowyardConfig:
-    """The config for `home` (default: FLOWYARD_HOME), file then FLOWYARD_* overrides."""
+def load_config(
+    home: Path | None = None,
+    *,
+    require_file: bool = True,
+    overrides: dict[str, Any] | None = None,
+) -> FlowyardConfig:
+    """The config for `home` (default: FLOWYARD_HOME), file then FLOWYARD_* overrides;
+    `overrides` (e.g. `flowyard init --host`) beat both and are validated with the rest."""
     home = (home or default_home()).absolute()
     paths = Paths(home)
     toml_file = paths.config_file
@@ -47,12 +58,14 @@ def load_config(home: Path | None = None, *, require_file: bool = True) -> Flowy
             ) from exc
     token = TOML_FILE.set(toml_file)
     try:
-        return FlowyardConfig(home=home)
+        return FlowyardConfig(home=home, **(overrides or {}))
     except ValidationError as exc:
         env = sorted(k for k in os.environ if k.startswith("FLOWYARD_") and k != "FLOWYARD_HOME")
         source = str(toml_file or "defaults") + (
             f" and environment ({', '.join(env)})" if env else ""
         )
+        if overrides:
+            source += " and the command's options"
         raise FlowyardError(
             format_validation_error(exc, source),
             fix="Correct the value in flowyard.toml or the FLOWYARD_* variable.",

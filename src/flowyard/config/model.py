@@ -9,13 +9,14 @@ between levels (e.g. `FLOWYARD_PROXY__HTTPS_PORT=9443`). Secrets never live here
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,6 +31,136 @@ StorePort = Annotated[int, Field(ge=1, le=55535)]
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
 LOOPBACK = "127.0.0.1"
 GRPC_OFFSET = 10000
+
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+def check_host(value: str) -> str:
+    """A DNS name or an IP address (IPv6 with or without brackets); the unbracketed form."""
+    if (
+        value.startswith("[")
+        and value.endswith("]")
+        and isinstance(_ip(value[1:-1]), ipaddress.IPv6Address)
+    ):
+        value = value[1:-1]
+    ip = _ip(value)
+    if ip is not None:
+        if ip.is_unspecified or ip.is_multicast:
+            raise ValueError(
+                "is not an address clients can reach; use this machine's name or IP address "
+                "(proxy.bind sets the listening address)"
+            )
+        return value
+    labels = value.split(".")
+    if (
+        len(value) > 253
+        or not all(_DNS_LABEL.fullmatch(label) for label in labels)
+        # All-numeric names are malformed IP addresses (e.g. 999.1.1.1), not host names.
+        or labels[-1].isdigit()
+    ):
+        raise ValueError(
+            "must be a DNS name (letters, digits, hyphens and dots, e.g. flows.example.com) or "
+            "an IP address, without scheme, port, path or spaces"
+        )
+    return value
+
+
+def is_loopback_host(host: str) -> bool:
+    """localhost (any case) and loopback IPs (127.0.0.0/8, ::1)."""
+    ip = _ip(host.strip("[]"))
+    return host.lower() == "localhost" if ip is None else ip.is_loopback
+
+
+def url_host(host: str) -> str:
+    """`host` as it goes into a URL: IPv6 literals in brackets."""
+    return f"[{host}]" if isinstance(_ip(host), ipaddress.IPv6Address) else host
+
+
+def _check_bind(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if value.startswith("[") and value.endswith("]"):
+        value = value[1:-1]
+    if _ip(value) is None:
+        raise ValueError("must be an IP address (e.g. 127.0.0.1, 0.0.0.0 for all interfaces, ::1)")
+    return value
+
+
+_EMAIL = re.compile(
+    r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+)
+
+
+def _check_email(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not _EMAIL.fullmatch(value) or value.split("@")[1].rsplit(".", 1)[-1].isdigit():
+        raise ValueError(
+            "must be one e-mail address like ops@example.com (no spaces, newlines or quotes)"
+        )
+    return value
+
+
+def _check_endpoint(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from urllib.parse import urlsplit
+
+    problem = None
+    if any(ch.isspace() for ch in value):
+        problem = "contains whitespace"
+    else:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as exc:
+            problem = str(exc)
+        else:
+            if parts.scheme not in ("http", "https"):
+                problem = "needs http:// or https://"
+            elif not parts.hostname:
+                problem = "has no host"
+            elif parts.username or parts.password:
+                problem = "must not hold credentials (the S3 keys live in secrets.toml)"
+            elif parts.query or parts.fragment:
+                problem = "must not have a query or fragment"
+            else:
+                try:
+                    check_host(parts.hostname)
+                except ValueError as exc:
+                    problem = f"host {parts.hostname!r} {exc}"
+    if problem:
+        raise ValueError(f"{problem}; give a URL like https://s3.eu-west-1.amazonaws.com")
+    return value
+
+
+def _check_bucket(value: str) -> str:
+    """S3's bucket naming rules (general purpose buckets)."""
+    if (
+        not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value)
+        or ".." in value
+        or ".-" in value
+        or "-." in value
+        or re.fullmatch(r"\d+\.\d+\.\d+\.\d+", value)
+        or value.startswith(("xn--", "sthree-"))
+        or value.endswith(("-s3alias", "--ol-s3"))
+    ):
+        raise ValueError(
+            "is not a valid S3 bucket name: 3-63 characters, lowercase letters, digits, hyphens "
+            "and dots, starting and ending with a letter or digit, not like an IP address"
+        )
+    return value
+
+
+Bucket = Annotated[str, AfterValidator(_check_bucket)]
 
 
 class _Section(BaseModel):
@@ -47,8 +178,8 @@ class ProxyConfig(_Section):
     )
     bind: str | None = Field(
         None,
-        description="Address Caddy listens on. Default: 127.0.0.1 when host is localhost, "
-        "else all interfaces.",
+        description="Address Caddy listens on (an IP). Default: the host's own loopback address "
+        "when host is loopback (localhost: 127.0.0.1; 127.0.0.0/8; ::1), else all interfaces.",
     )
     https_port: Port = Field(
         8443, description="HTTPS port for UI, API and MLflow (443 in production)."
@@ -68,23 +199,49 @@ class ProxyConfig(_Section):
     @field_validator("host")
     @classmethod
     def _host(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9.\-:\[\]]+", v):
-            raise ValueError("must be a DNS name or an IP address, without scheme or port")
-        return v
+        return check_host(v)
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, v: str | None) -> str | None:
+        return _check_bind(v)
+
+    @field_validator("acme_email")
+    @classmethod
+    def _email(cls, v: str | None) -> str | None:
+        return _check_email(v)
+
+    @model_validator(mode="after")
+    def _acme_needs_public_name(self) -> ProxyConfig:
+        if self.tls == "acme" and (is_loopback_host(self.host) or _ip(self.host) is not None):
+            raise ValueError(
+                f"proxy.tls = 'acme' needs a public DNS name, and proxy.host is {self.host!r}; "
+                "set proxy.host to the public domain, or use tls = 'internal'"
+            )
+        return self
 
     @property
     def listen_address(self) -> str:
+        """proxy.bind, else the loopback address a loopback host names, else all interfaces."""
         if self.bind:
             return self.bind
-        return LOOPBACK if self.host in ("localhost", LOOPBACK) else "0.0.0.0"
+        if is_loopback_host(self.host):
+            return LOOPBACK if self.host.lower() == "localhost" else self.host
+        return "0.0.0.0"
+
+    @property
+    def url_host(self) -> str:
+        return url_host(self.host)
 
     @property
     def url(self) -> str:
-        return f"https://{self.host}" + ("" if self.https_port == 443 else f":{self.https_port}")
+        return f"https://{self.url_host}" + (
+            "" if self.https_port == 443 else f":{self.https_port}"
+        )
 
     @property
     def s3_url(self) -> str:
-        return f"https://{self.host}" + (
+        return f"https://{self.url_host}" + (
             "" if self.s3_https_port == 443 else f":{self.s3_https_port}"
         )
 
@@ -93,6 +250,7 @@ class PostgresConfig(_Section):
     port: Port = Field(15432, description="PostgreSQL port, loopback only.")
     system_user: str = Field(
         "flowyard",
+        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
         description="Unprivileged user PostgreSQL runs as when flowyard runs as root "
         "(PostgreSQL refuses to run as root); created if missing.",
     )
@@ -128,15 +286,26 @@ class ObjectStoreConfig(_Section):
         None,
         description="S3 endpoint for kind = external (e.g. https://s3.eu-west-1.amazonaws.com).",
     )
-    region: str = Field("us-east-1", description="S3 region sent in signatures.")
+    region: str = Field(
+        "us-east-1",
+        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+        description="S3 region sent in signatures.",
+    )
     s3_port: StorePort = Field(8333, description="SeaweedFS S3 gateway, loopback only.")
     master_port: StorePort = Field(9333, description="SeaweedFS master, loopback only.")
     volume_port: StorePort = Field(9340, description="SeaweedFS volume server, loopback only.")
     filer_port: StorePort = Field(8888, description="SeaweedFS filer, loopback only.")
     admin_port: StorePort = Field(23646, description="SeaweedFS admin server, loopback only.")
-    results_bucket: Slug = Field("flowyard-results", description="Bucket for Prefect results.")
-    code_bucket: Slug = Field("flowyard-code", description="Bucket for deployed flow code.")
-    artifacts_bucket: Slug = Field("flowyard-artifacts", description="Bucket for MLflow artifacts.")
+    results_bucket: Bucket = Field("flowyard-results", description="Bucket for Prefect results.")
+    code_bucket: Bucket = Field("flowyard-code", description="Bucket for deployed flow code.")
+    artifacts_bucket: Bucket = Field(
+        "flowyard-artifacts", description="Bucket for MLflow artifacts."
+    )
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        return _check_endpoint(v)
 
     @model_validator(mode="after")
     def _external_needs_endpoint(self) -> ObjectStoreConfig:
@@ -144,6 +313,15 @@ class ObjectStoreConfig(_Section):
             raise ValueError(
                 "object_store.endpoint_url is required when object_store.kind = 'external'"
             )
+        seen: dict[str, str] = {}
+        for name in ("results_bucket", "code_bucket", "artifacts_bucket"):
+            bucket = getattr(self, name)
+            if bucket in seen:
+                raise ValueError(
+                    f"object_store.{name} and object_store.{seen[bucket]} are both {bucket!r}; "
+                    "give each its own bucket"
+                )
+            seen[bucket] = name
         return self
 
     def port_settings(self) -> dict[str, int]:

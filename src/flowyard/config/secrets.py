@@ -63,13 +63,13 @@ class Secrets(BaseModel):
         return list(self.plain().values())
 
 
-def url_quoted(value: str) -> str:
-    """A secret as it goes into a URL's user-info: percent-encoded, so a hand-set password
-    with `@`, `:` or `/` cannot change the URL's meaning. A compose `${VAR:?}` reference is
-    left as it is: compose substitutes the value later (generated secrets are URL-safe)."""
-    if re.fullmatch(r"\$\{[A-Z0-9_]+:\?\}", value):
-        return value
-    return quote(value, safe="")
+def url_quote(secret: str) -> str:
+    """A secret as it goes into a URL's user-info: percent-encoded (`@`, `/`, `:` ... in a
+    hand-set password would otherwise end the field). A compose reference (`${VAR:?}`) is
+    kept: compose substitutes it later."""
+    if re.fullmatch(r"\$\{[A-Za-z0-9_]+:\?\}", secret):
+        return secret
+    return quote(secret, safe="")
 
 
 def write_secrets(path: Path, value: Secrets) -> None:

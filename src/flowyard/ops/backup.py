@@ -88,6 +88,21 @@ def _require_running(ctx: Context) -> None:
         )
 
 
+def _check_outside_home(ctx: Context, target: Path) -> None:
+    """A backup holds every secret: inside the home it could be served (files/ is published
+    under /files/), replaced by a restore (data/, run/) or copied into the next backup.
+    Only the home's own backups/ directory, owner-only, is allowed."""
+    home = ctx.paths.home.resolve()
+    resolved = target.resolve()
+    if resolved.is_relative_to(home) and not resolved.is_relative_to(home / "backups"):
+        raise FlowyardError(
+            f"Backup target {target} is inside FLOWYARD_HOME {ctx.paths.home}, where it could be "
+            "published (files/ is served under /files/) or overwritten.",
+            fix=f"Give --to a directory outside {ctx.paths.home} (or omit --to: "
+            f"{ctx.paths.home / 'backups'}/<timestamp>).",
+        )
+
+
 def _prepare_target(target: Path) -> None:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise FlowyardError(
@@ -271,8 +286,9 @@ def _backup_files(ctx: Context, root: Path, reporter: Reporter) -> list[str]:
 def backup(ctx: Context, to: Path | None = None, reporter: Reporter | None = None) -> Path:
     """Back up the running platform into `to` (default: backups/<timestamp>); the path."""
     reporter = reporter or Reporter()
-    _require_running(ctx)
     target = (to or default_dir(ctx)).absolute()
+    _check_outside_home(ctx, target)
+    _require_running(ctx)
     _prepare_target(target)
     if to is None:
         target.parent.chmod(0o700)  # HOME/backups: nobody else needs to list it

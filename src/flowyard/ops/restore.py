@@ -29,6 +29,7 @@ from flowyard.ops import manifest as mf
 from flowyard.ops.backup import program_version
 from flowyard.ops.progress import Reporter
 from flowyard.platform import lifecycle
+from flowyard.platform.lock import LOCK_NAME
 from flowyard.platform.registry import build_services
 from flowyard.platform.supervisor import Supervisor
 from flowyard.services import caddy, postgres, seaweedfs
@@ -37,6 +38,11 @@ RESTORE_TIMEOUT = 3 * 3600
 # What --force replaces in an existing home; logs/ and backups/ are kept (the backup being
 # restored may well live in backups/).
 REPLACED = ("flowyard.toml", "secrets.toml", "data", "run", "ca", "files")
+# Everything Flowyard itself puts at the top of a home. A directory holding anything else
+# (a user's home, a project) is not provably a Flowyard home, and --force never empties it.
+HOME_ENTRIES = frozenset(
+    {*REPLACED, "logs", "backups", LOCK_NAME, ".write-test", "secrets.tmp", "flowyard.toml.tmp"}
+)
 
 
 def _installed() -> dict[str, str]:
@@ -67,10 +73,29 @@ def _restored_context(backup: Path, home: Path) -> Context:
     return Context(config=config.model_copy(update={"home": home}), secrets=secrets)
 
 
+def _not_a_flowyard_home(home: Path) -> str | None:
+    """Why `home` is not recognisably a Flowyard home, or None when it is one: its own
+    flowyard.toml and secrets.toml (0600, every generated secret), and nothing else at the
+    top but what Flowyard creates."""
+    paths = Paths(home)
+    if not paths.config_file.is_file() or not paths.secrets_file.is_file():
+        return "it has no flowyard.toml and secrets.toml"
+    try:
+        tomllib.loads(paths.config_file.read_text())
+        Secrets.model_validate(tomllib.loads(paths.secrets_file.read_text()))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValidationError):
+        return "its flowyard.toml or secrets.toml is not Flowyard's"
+    foreign = sorted(p.name for p in home.iterdir() if p.name not in HOME_ENTRIES)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        return f"it holds entries Flowyard never creates ({shown})"
+    return None
+
+
 def _check_target(home: Path, backup: Path, force: bool) -> None:
     if home.exists() and not home.is_dir():
         raise FlowyardError(f"{home} exists and is not a directory.", fix="Choose another --home.")
-    if not home.exists() or not any(home.iterdir()):
+    if not home.exists() or not any(p.name != LOCK_NAME for p in home.iterdir()):
         return
     if not force:
         raise FlowyardError(
@@ -78,7 +103,17 @@ def _check_target(home: Path, backup: Path, force: bool) -> None:
             fix="Choose an empty --home, or add --force to replace its configuration, secrets "
             "and data (logs/ and backups/ are kept).",
         )
-    if Supervisor(Paths(home)).pid() is not None:
+    why = _not_a_flowyard_home(home)
+    if why is not None:
+        raise FlowyardError(
+            f"{home} is not recognisably a Flowyard home ({why}); --force only ever replaces "
+            "a Flowyard home's config, secrets and data. Nothing was changed.",
+            fix="Restore into a new or empty --home, or move what does not belong to Flowyard "
+            "out of it.",
+        )
+    sup = Supervisor(Paths(home))
+    # Services orphaned by a killed supervisord still hold the data --force would replace.
+    if sup.pid() is not None or sup.orphans():
         raise FlowyardError(
             f"The platform at {home} is running.",
             fix=f"Stop it first: `flowyard down --home {home}`.",
@@ -93,6 +128,7 @@ def _check_target(home: Path, backup: Path, force: bool) -> None:
 
 def preflight(backup: Path, home: Path, force: bool) -> tuple[mf.Manifest, Context]:
     """Every reason to refuse, checked while nothing has been changed yet."""
+    _check_target(home, backup, force)
     manifest = mf.verify(backup)
     problems = mf.incompatibilities(manifest, _installed())
     if problems:
@@ -102,7 +138,6 @@ def preflight(backup: Path, home: Path, force: bool) -> tuple[mf.Manifest, Conte
             fix="Nothing was changed. Install the Flowyard version named in the backup's "
             "manifest.json (versions), restore, then `flowyard upgrade`.",
         )
-    _check_target(home, backup, force)
     ctx = _restored_context(backup, home)
     missing = [db for db in manifest.databases if db not in postgres.DATABASES]
     if "mlflow" in manifest.databases and not ctx.config.mlflow.enabled:

@@ -210,6 +210,8 @@ def _up(ctx: Context, progress: Progress, only: Collection[str] | None) -> None:
         {i["name"] for i in sup.all_info() if i["statename"] == "RUNNING"} if was_running else set()
     )
     targets = [s for s in services if only is None or s.name in only]
+    if not was_running:  # services that outlived a killed supervisord hold their ports
+        sup.stop_orphans(services, lambda n, phase: progress(n, f"{NOTE}orphaned: {phase}"))
     check_ports(ctx, [s for s in targets if s.name not in running])
     if not was_running:
         # supervisord refuses a config naming a user that does not exist yet.
@@ -263,7 +265,7 @@ def down(ctx: Context, progress: Progress) -> bool:
     sup = Supervisor(ctx.paths)
     pid = sup.pid()
     if pid is None:
-        return False
+        return bool(sup.stop_orphans(build_services(ctx), progress))
     # Prefect starts flow runs in sessions of their own, out of reach of supervisor's group
     # kill: note every descendant now and make sure none outlives `down`.
     descendants: list[psutil.Process] = []

@@ -88,7 +88,7 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
     lines = ["{", *(f"\t{o}" for o in global_opts), "}", ""]
 
     main = [
-        f"{_site_addresses(proxy.host, proxy.https_port, extra_names)} {{",
+        f"{_site_addresses(proxy.url_host, proxy.https_port, extra_names)} {{",
         f"\t{tls}",
         "\tencode zstd gzip",
         "\tlog {",
@@ -136,7 +136,7 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
         # S3 signatures cover the Host header; Caddy forwards it unchanged, and nothing is
         # re-encoded here because checksums cover the body.
         lines += [
-            f"{_site_addresses(proxy.host, proxy.s3_https_port, extra_names)} {{",
+            f"{_site_addresses(proxy.url_host, proxy.s3_https_port, extra_names)} {{",
             f"\t{tls}",
             f"\treverse_proxy {up.s3} {{",
             "\t\tflush_interval -1",
@@ -146,7 +146,7 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
         ]
     # Plain HTTP only redirects, keeping the configured HTTPS port in the target.
     lines += [
-        f"http://{proxy.host}:{proxy.http_port} {{",
+        f"http://{proxy.url_host}:{proxy.http_port} {{",
         f"\tredir {proxy.url}{{uri}} permanent",
         "}",
         "",

@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 
 from flowyard.config.context import Context
-from flowyard.config.secrets import url_quoted
+from flowyard.config.secrets import url_quote
 from flowyard.errors import FlowyardError
 from flowyard.services.base import Service, disk_full, ensure_system_user
 
@@ -304,7 +304,7 @@ def settings_argv(settings: dict[str, str]) -> list[str]:
 
 
 def database_url(ctx: Context, database: str, driver: str = "postgresql+asyncpg") -> str:
-    password = url_quoted(getattr(ctx.secrets, DATABASES[database]).get_secret_value())
+    password = url_quote(getattr(ctx.secrets, DATABASES[database]).get_secret_value())
     port = ctx.config.postgres.port
     if ctx.hosts.use_sockets:
         # libpq and asyncpg both take a socket directory as `host`, the port names the file.

