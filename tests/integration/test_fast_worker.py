@@ -27,6 +27,7 @@ from flowyard.client.env import child_env
 from flowyard.config.context import Context
 from flowyard.platform.supervisor import Supervisor
 from flowyard.testing import running_platform
+from flowyard.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -176,15 +177,17 @@ def trigger(deployment_id: UUID, **parameters: Any) -> UUID:
 
 
 def wait_for(run_id: UUID, done: Callable[[Any], bool], timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
+    last: list[Any] = []
     with client() as c:
-        while True:
-            run = c.read_flow_run(run_id)
-            if done(run):
-                return run
-            if time.monotonic() > deadline:
-                raise AssertionError(f"flow run {run_id} still {run.state.name} after {timeout}s")
-            time.sleep(0.25)
+
+        def reached() -> Any:
+            last[:] = [c.read_flow_run(run_id)]
+            return last[0] if done(last[0]) else None
+
+        run = wait_until(reached, timeout)
+    if run is None:
+        raise AssertionError(f"flow run {run_id} still {last[0].state.name} after {timeout}s")
+    return run
 
 
 def finished(run_id: UUID, timeout: float = 90) -> Any:
@@ -216,15 +219,13 @@ def zygote_pids(ctx: Context) -> set[int]:
 
 
 def gone(pid: int, timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def dead() -> bool:
         try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
+            return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
         except psutil.NoSuchProcess:
             return True
-        time.sleep(0.2)
-    return False
+
+    return bool(wait_until(dead, timeout, interval=0.2))
 
 
 def test_registered_as_a_work_pool_type(platform: Context) -> None:
@@ -282,10 +283,7 @@ def test_crashes_are_reported_and_the_worker_survives(
     assert killed.state.is_crashed(), killed.state
     # The crashed hook ran (in a process of its own, like Prefect's runner does it).
     mark = code["marks"] / f"crashed-{exited.id}"
-    deadline = time.monotonic() + 60
-    while not mark.exists() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert mark.exists(), "on_crashed hook did not run"
+    assert wait_until(mark.exists, 60, interval=0.5), "on_crashed hook did not run"
 
     # A run that exhausts its memory cap fails alone.
     hog = finished(trigger(deployment, how="memory"), timeout=120)
@@ -306,9 +304,7 @@ def test_cancellation(
     running = wait_for(run_id, lambda r: r.state is not None and r.state.is_running())
     pid = int(str(running.infrastructure_pid).rsplit(":", 1)[-1])
     grandchild_file = code["marks"] / f"grandchild-{pid}"
-    deadline = time.monotonic() + 30
-    while not grandchild_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(grandchild_file.exists, 30, interval=0.2)
     grandchild = int(grandchild_file.read_text())
 
     with client() as c:
@@ -372,9 +368,7 @@ def test_killing_the_worker_crashes_its_runs_and_leaves_no_orphans(
     running = wait_for(run_id, lambda r: r.state is not None and r.state.is_running())
     pid = int(str(running.infrastructure_pid).rsplit(":", 1)[-1])
     grandchild_file = code["marks"] / f"grandchild-{pid}"
-    deadline = time.monotonic() + 30
-    while not grandchild_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(grandchild_file.exists, 30, interval=0.2)
     grandchild = int(grandchild_file.read_text())
     worker = worker_pid(platform)
     zygotes = zygote_pids(platform)
@@ -387,12 +381,11 @@ def test_killing_the_worker_crashes_its_runs_and_leaves_no_orphans(
     assert run.state.is_crashed(), run.state
 
     # Supervisor restarts the worker; it serves runs again.
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+    def restarted() -> bool:
         info = Supervisor(platform.paths).info("worker")
-        if info["statename"] == "RUNNING" and info["pid"] != worker:
-            break
-        time.sleep(1)
+        return bool(info["statename"] == "RUNNING" and info["pid"] != worker)
+
+    wait_until(restarted, 90, interval=1)
     ok = deploy("behave.py:behave", "behave-after")
     assert result(finished(trigger(ok), timeout=120))["pid"] > 0
     # The new worker removed the dead one's scratch directory (sockets, manifests).
