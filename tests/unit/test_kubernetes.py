@@ -137,8 +137,10 @@ def worker_pod(values: dict[str, Any], namespace: str) -> dict[str, Any]:
     container = {
         "name": "prefect-worker",
         "image": f"{w['image']['repository']}:{w['image']['prefectTag']}",
-        "command": ["prefect", "worker", "start", "--type", w["config"]["type"]]
-        + ["--pool", w["config"]["workPool"]],
+        "command": [
+            *("prefect", "worker", "start", "--type", w["config"]["type"]),
+            *("--pool", w["config"]["workPool"]),
+        ],
         "env": env,
         "envFrom": [
             {"configMapRef": {"name": w["extraEnvVarsCM"]}},
@@ -166,7 +168,9 @@ def pod_environment(
     data.update({("Secret", d["metadata"]["name"]): d["stringData"] for d in secrets})
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
-        kind, ref = ("ConfigMap", "configMapRef") if "configMapRef" in source else ("Secret", "secretRef")
+        kind, ref = (
+            ("ConfigMap", "configMapRef") if "configMapRef" in source else ("Secret", "secretRef")
+        )
         env.update(data[(kind, source[ref]["name"])])
     for var in container.get("env", []):
         if "value" in var:
@@ -177,9 +181,7 @@ def pod_environment(
     return env
 
 
-def mounted_files(
-    pod_spec: dict[str, Any], configmaps: list[dict[str, Any]]
-) -> dict[str, str]:
+def mounted_files(pod_spec: dict[str, Any], configmaps: list[dict[str, Any]]) -> dict[str, str]:
     """Path -> content of every ConfigMap file mounted in the pod's container."""
     [container] = pod_spec["containers"]
     volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}

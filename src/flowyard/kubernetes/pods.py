@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from flowyard.client.env import client_env
@@ -92,7 +92,7 @@ def pod_env(profile: ClientProfile) -> PodEnv:
                 "creates it on the platform's first start.",
                 fix="Run `flowyard up` once, then run the command again.",
             ) from None
-    in_pod = replace(profile, ca_file=CA_PATH if profile.ca_file else None)  # type: ignore[arg-type]
+    in_pod = replace(profile, ca_file=Path(CA_PATH) if profile.ca_file else None)
     env = {**client_env(in_pod), "PREFECT_HOME": POD_PREFECT_HOME}
     secrets = {k: v for k, v in env.items() if k in SECRET_KEYS}
     settings = {k: v for k, v in env.items() if k not in SECRET_KEYS}
@@ -139,6 +139,8 @@ def job_template(
     container = pod["containers"][0]
     container["envFrom"] = [{"secretRef": {"name": SECRET_NAME}}]
     if ca:
-        container["volumeMounts"] = [{"name": CA_VOLUME, "mountPath": str(CA_DIR), "readOnly": True}]
+        container["volumeMounts"] = [
+            {"name": CA_VOLUME, "mountPath": str(CA_DIR), "readOnly": True}
+        ]
         pod["volumes"] = [{"name": CA_VOLUME, "configMap": {"name": CA_CONFIGMAP_NAME}}]
     return template
