@@ -51,6 +51,14 @@ async def base_job_template(kind: str, spec: PoolSpec, config: FlowyardConfig) -
     if kind == KUBERNETES:
         # Flow-run pods get the platform's environment: these settings, the worker
         # Secret and the CA (`flowyard render kubernetes` writes both for the cluster).
+        if SETTINGS_VARIABLE not in os.environ:
+            # Run by hand or by the compose `apply` job: neither passes the settings that
+            # `flowyard.platform.apply` computes from the platform's client profile.
+            raise SystemExit(
+                f"Pool {spec.name!r} is of type kubernetes: its job template carries the "
+                "platform's client settings, which only `flowyard apply` on the platform's "
+                "host knows. Run `flowyard apply` there."
+            )
         settings = json.loads(os.environ[SETTINGS_VARIABLE])
         ca = config.proxy.tls == "internal"
         template = job_template(template, settings, ca, pool_namespace(spec))
@@ -71,7 +79,7 @@ async def apply_pool(
             )
         update = WorkPoolUpdate(concurrency_limit=spec.concurrency_limit)
         what = ""
-        if pool.type == KUBERNETES:
+        if pool.type == KUBERNETES and SETTINGS_VARIABLE in os.environ:
             # Kept in step with the platform (its URL, CA, settings), as the Secret is.
             update.base_job_template = await base_job_template(KUBERNETES, spec, config)
             what = " (job template)"
