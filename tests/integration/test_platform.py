@@ -267,6 +267,40 @@ def test_default_pool_is_the_fast_worker_and_existing_pools_keep_their_type(
         api.delete("/work_pools/legacy").raise_for_status()
 
 
+def test_apply_creates_a_kubernetes_pool_with_the_platform_env(platform: Context) -> None:
+    """`flowyard apply` makes a `kubernetes` pool whose job template hands flow-run pods the
+    platform's settings, the worker Secret and the CA; no credential is stored in it."""
+    from flowyard.client.api import api_client
+    from flowyard.config.model import PoolSpec
+    from flowyard.kubernetes import pods
+    from flowyard.platform.apply import apply
+
+    spec = PoolSpec(name="cluster", type="kubernetes", namespace="team-a")
+    config = platform.config.model_copy(update={"pools": [*platform.config.pools, spec]})
+    ctx = Context(config=config, secrets=platform.secrets)
+    try:
+        assert "work pool cluster: created (kubernetes)" in apply(ctx)
+        # Again: the template is kept in step with the platform.
+        assert "work pool cluster: updated (job template)" in apply(ctx)
+        with api_client(platform) as api:
+            pool = api.get("/work_pools/cluster").json()
+        assert pool["type"] == "kubernetes"
+        template = pool["base_job_template"]
+        properties = template["variables"]["properties"]
+        assert properties["env"]["default"] == pods.platform_pod_env(ctx).settings
+        assert properties["namespace"]["default"] == "team-a"
+        pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+        assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": pods.SECRET_NAME}}]
+        assert pod["volumes"] == [
+            {"name": pods.CA_VOLUME, "configMap": {"name": pods.CA_CONFIGMAP_NAME}}
+        ]
+        stored = str(template)
+        assert not [v for v in platform.secrets.values() if v in stored]
+    finally:
+        with api_client(platform) as api:
+            api.delete("/work_pools/cluster")
+
+
 def test_port_taken_names_port_and_setting(homes: Callable[[str], Path]) -> None:
     from flowyard.errors import FlowyardError
     from flowyard.testing import init_home

@@ -1,5 +1,6 @@
 """`flowyard render compose`: the container deployment files, from the same config as native
-mode (see `flowyard.compose.render`)."""
+mode (see `flowyard.compose.render`); `flowyard render kubernetes`: a cluster's worker for a
+kubernetes pool (see `flowyard.kubernetes.render`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,18 @@ import typer
 
 from flowyard.cli._common import HomeOption, console, handle_errors, resolve_home
 from flowyard.compose.render import DEV_FILE, ENV_FILE, PROD_FILE, write_files
+from flowyard.config.context import load_context
 from flowyard.config.load import load_config
 from flowyard.config.paths import Paths, default_home
 from flowyard.config.secrets import load_secrets
+from flowyard.kubernetes.pods import pool_namespace
+from flowyard.kubernetes.render import (
+    CONFIGMAP_FILE,
+    SECRET_FILE,
+    VALUES_FILE,
+    kubernetes_pool,
+)
+from flowyard.kubernetes.render import write_files as k8s_write_files
 
 app = typer.Typer(
     name="render",
@@ -48,4 +58,43 @@ def compose(
         f"Development: docker compose -f {out / DEV_FILE} up -d\n"
         f"Production:  docker compose -f {out / DEV_FILE} -f {out / PROD_FILE} up -d\n"
         "Guide: docs/containers.md"
+    )
+
+
+@app.command("kubernetes")
+@handle_errors
+def kubernetes(
+    out: Path = typer.Option(
+        Path("kubernetes"), "--out", help="Directory to write into (created if missing)."
+    ),
+    pool: str | None = typer.Option(
+        None, "--pool", help="A pool of type kubernetes (default: the first one in the config)."
+    ),
+    namespace: str | None = typer.Option(
+        None,
+        "--namespace",
+        help="Namespace of the Secret, ConfigMaps and worker (default: the pool's namespace).",
+    ),
+    home: Path | None = HomeOption,
+) -> None:
+    """Write what a cluster needs to run a worker for a kubernetes pool: a Secret (0600, its
+    own file), ConfigMaps (environment, CA) and values for prefect-helm's prefect-worker."""
+    ctx = load_context(resolve_home(home))
+    spec = kubernetes_pool(ctx, pool)
+    pool_ns = pool_namespace(spec)
+    ns = namespace or pool_ns
+    for path in k8s_write_files(ctx, out, spec.name, ns):
+        private = " (0600: credentials, never commit it)" if path.name == SECRET_FILE else ""
+        console.print(f"  wrote {path}{private}")
+    if ns != pool_ns:
+        console.print(
+            f"[yellow]Note:[/] pool {spec.name!r} starts its flow-run pods in namespace "
+            f"{pool_ns!r}, which needs this Secret and CA too: set pools[].namespace = "
+            f'"{ns}" in flowyard.toml and run `flowyard apply`.'
+        )
+    console.print(
+        f"Then: kubectl apply -n {ns} -f {out / SECRET_FILE} -f {out / CONFIGMAP_FILE}\n"
+        f"      helm install prefect-worker-{spec.name} prefect/prefect-worker -n {ns} "
+        f"-f {out / VALUES_FILE}\n"
+        "Guide: docs/scaling.md"
     )

@@ -366,6 +366,11 @@ class PoolSpec(_Section):
         "kubernetes, ... Unset: flowyard for a new pool; an existing pool keeps its type.",
     )
     concurrency_limit: int | None = Field(None, ge=0, description="Runs at once in the pool.")
+    namespace: Slug | None = Field(
+        None,
+        description="Kubernetes pools: the namespace flow-run pods run in, where `flowyard "
+        "render kubernetes` puts the worker's Secret and ConfigMaps. Unset: prefect.",
+    )
     queues: list[QueueSpec] = Field(
         default_factory=lambda: [QueueSpec(name="default")], description="The pool's queues."
     )

@@ -15,6 +15,7 @@ from flowyard.client.env import child_env
 from flowyard.client.profile import RESULTS_BLOCK_SLUG
 from flowyard.config.context import Context
 from flowyard.errors import FlowyardError
+from flowyard.kubernetes.pods import SETTINGS_VARIABLE, platform_pod_env
 
 
 def apply(ctx: Context) -> list[str]:
@@ -22,6 +23,10 @@ def apply(ctx: Context) -> list[str]:
     # Through the proxy with the platform's client profile, TLS verified, like any client:
     # natively the API listens on an owner-only socket, which Prefect's client cannot use.
     env = child_env(ctx, FLOWYARD_SETUP_CONFIG=ctx.config.model_dump_json())
+    if any(p.type == "kubernetes" for p in ctx.config.pools):
+        # A kubernetes pool's job template carries the pods' settings (never a credential:
+        # those stay in the cluster's Secret); the child has the config but no secrets.
+        env[SETTINGS_VARIABLE] = json.dumps(platform_pod_env(ctx).settings)
     result = subprocess.run(
         [sys.executable, "-m", "flowyard.platform.prefect_objects", RESULTS_BLOCK_SLUG],
         env=env,

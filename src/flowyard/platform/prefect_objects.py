@@ -25,6 +25,9 @@ from prefect.workers.utilities import get_default_base_job_template_for_infrastr
 from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
 
 from flowyard.config.model import DEFAULT_POOL_TYPE, FlowyardConfig, GlobalLimitSpec, PoolSpec
+from flowyard.kubernetes.pods import SETTINGS_VARIABLE, job_template, pool_namespace
+
+KUBERNETES = "kubernetes"
 
 
 def save_results_block(slug: str, bucket: str) -> None:
@@ -38,7 +41,33 @@ def save_results_block(slug: str, bucket: str) -> None:
     ).save(slug, overwrite=True)
 
 
-async def apply_pool(client: PrefectClient, spec: PoolSpec, log: list[str]) -> None:
+async def base_job_template(kind: str, spec: PoolSpec, config: FlowyardConfig) -> dict[str, Any]:
+    template = await get_default_base_job_template_for_infrastructure_type(kind)
+    if template is None:
+        raise SystemExit(
+            f"Unknown worker type {kind!r} for pool {spec.name!r}: install its Prefect "
+            "integration (e.g. prefect-kubernetes) or use type 'flowyard' or 'process'."
+        )
+    if kind == KUBERNETES:
+        # Flow-run pods get the platform's environment: these settings, the worker
+        # Secret and the CA (`flowyard render kubernetes` writes both for the cluster).
+        if SETTINGS_VARIABLE not in os.environ:
+            # Run by hand or by the compose `apply` job: neither passes the settings that
+            # `flowyard.platform.apply` computes from the platform's client profile.
+            raise SystemExit(
+                f"Pool {spec.name!r} is of type kubernetes: its job template carries the "
+                "platform's client settings, which only `flowyard apply` on the platform's "
+                "host knows. Run `flowyard apply` there."
+            )
+        settings = json.loads(os.environ[SETTINGS_VARIABLE])
+        ca = config.proxy.tls == "internal"
+        template = job_template(template, settings, ca, pool_namespace(spec))
+    return template
+
+
+async def apply_pool(
+    client: PrefectClient, spec: PoolSpec, log: list[str], config: FlowyardConfig
+) -> None:
     try:
         pool = await client.read_work_pool(spec.name)
         if spec.type and pool.type != spec.type:
@@ -48,21 +77,20 @@ async def apply_pool(client: PrefectClient, spec: PoolSpec, log: list[str]) -> N
                 f"{spec.type!r} and move the deployments to it, or set pools[].type = "
                 f"{pool.type!r}."
             )
-        await client.update_work_pool(
-            spec.name, WorkPoolUpdate(concurrency_limit=spec.concurrency_limit)
-        )
+        update = WorkPoolUpdate(concurrency_limit=spec.concurrency_limit)
+        what = ""
+        if pool.type == KUBERNETES and SETTINGS_VARIABLE in os.environ:
+            # Kept in step with the platform (its URL, CA, settings), as the Secret is.
+            update.base_job_template = await base_job_template(KUBERNETES, spec, config)
+            what = " (job template)"
+        await client.update_work_pool(spec.name, update)
         # type unset: a pool made before the fast worker became the default keeps its type
         # (Prefect cannot change it, and recreating the pool would drop its queues).
         kept = f", kept type {pool.type!r}" if pool.type != (spec.type or DEFAULT_POOL_TYPE) else ""
-        log.append(f"work pool {spec.name}: updated{kept}")
+        log.append(f"work pool {spec.name}: updated{what}{kept}")
     except ObjectNotFound:
         kind = spec.type or DEFAULT_POOL_TYPE
-        template = await get_default_base_job_template_for_infrastructure_type(kind)
-        if template is None:
-            raise SystemExit(
-                f"Unknown worker type {kind!r} for pool {spec.name!r}: install its Prefect "
-                "integration (e.g. prefect-kubernetes) or use type 'flowyard' or 'process'."
-            ) from None
+        template = await base_job_template(kind, spec, config)
         await client.create_work_pool(
             WorkPoolCreate(
                 name=spec.name,
@@ -111,7 +139,7 @@ async def apply(config: FlowyardConfig, results_slug: str) -> list[str]:
     log.append(f"block s3-bucket/{results_slug}: saved")
     async with get_client() as client:
         for pool in config.pools:
-            await apply_pool(client, pool, log)
+            await apply_pool(client, pool, log, config)
         for limit in config.global_limits:
             await apply_limit(client, limit, log)
         from flowyard.platform.hygiene import apply_automations
