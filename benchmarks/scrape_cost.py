@@ -59,10 +59,12 @@ def main() -> None:
     parser.add_argument("-n", "--scrapes", type=int, default=50)
     args = parser.parse_args()
     result = measure(load_context(args.home), args.scrapes)
+    cpu_ms = result["cpu_seconds_per_scrape"] * 1000
+    wall_ms = result["wall_seconds_per_scrape"] * 1000
     print(
-        f"{result['scrapes']:.0f} scrapes: exporter CPU {result['cpu_seconds_per_scrape'] * 1000:.1f}"
-        f" ms per scrape (wall {result['wall_seconds_per_scrape'] * 1000:.0f} ms); every 15 s"
-        f" that is {result['core_share_at_15s']:.3%} of one core"
+        f"{result['scrapes']:.0f} scrapes: exporter CPU {cpu_ms:.1f} ms per scrape "
+        f"(wall {wall_ms:.0f} ms); every 15 s that is "
+        f"{result['core_share_at_15s']:.3%} of one core"
     )
 
 
