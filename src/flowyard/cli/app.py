@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from flowyard.cli import apply, deploy, env, init, ops, platform_cmds, render, worker_cmds
+from flowyard.cli import apply, db, deploy, env, init, ops, platform_cmds, render, worker_cmds
 
 app = typer.Typer(
     name="flowyard",
@@ -29,6 +29,7 @@ app.command()(ops.restore)
 app.command()(ops.upgrade)
 app.add_typer(worker_cmds.app, name="worker")
 app.add_typer(render.app, name="render")
+app.add_typer(db.app, name="db")
 
 
 def main() -> None:

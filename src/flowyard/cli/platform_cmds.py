@@ -25,6 +25,7 @@ from flowyard.platform import lifecycle
 from flowyard.platform.lock import home_lock
 from flowyard.platform.registry import build_services, service_names
 from flowyard.platform.supervisor import Supervisor
+from flowyard.services.metrics import PrefectFigures
 
 
 def _note_stale_pidfile(ctx: Context) -> Supervisor:
@@ -107,8 +108,15 @@ def status(
                 f"running (pid {procs[0].pid}) without its supervisord; "
                 "`flowyard down` stops it, then `flowyard up`"
             )
+    figures = lifecycle.run_figures(ctx, rows)
     if as_json:
-        print_json({"url": ctx.config.proxy.url, "services": [r.as_dict() for r in rows]})
+        print_json(
+            {
+                "url": ctx.config.proxy.url,
+                "services": [r.as_dict() for r in rows],
+                "runs": figures.as_dict() if figures else None,
+            }
+        )
         return
     table = Table(title=f"Flowyard at {ctx.config.proxy.url}")
     for col in ("service", "state", "ready", "pid", "uptime", "what"):
@@ -124,11 +132,29 @@ def status(
             r.description,
         )
     console.print(table)
+    if figures:
+        _print_figures(figures)
     for r in rows:
         if r.problem:
             console.print(f"[bold red]{r.name}:[/] {r.problem}")
     if not all(r.ready and not r.problem for r in rows):
         raise typer.Exit(3)
+
+
+def _print_figures(figures: PrefectFigures) -> None:
+    late = f"{figures.late_runs}"
+    if figures.late_runs:
+        late += f" (oldest {figures.oldest_late_seconds:.0f} s late)"
+    console.print(f"Late runs:   {late}")
+    depth = ", ".join(f"{q.pool}/{q.queue} {q.depth}" for q in figures.queues) or "no queues"
+    console.print(f"Queue depth: {depth}")
+    workers = (
+        ", ".join(
+            f"{w.worker} ({w.pool}) seen {w.last_seen_seconds:.0f} s ago" for w in figures.workers
+        )
+        or "none"
+    )
+    console.print(f"Workers:     {workers}")
 
 
 @handle_errors

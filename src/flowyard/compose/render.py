@@ -56,6 +56,7 @@ MEMORY_LIMITS = {
     c.APPLY: "512m",
     c.MLFLOW: "1g",
     c.CADDY: "256m",
+    c.METRICS: "256m",
     c.WORKER: "2g",
 }
 KEY_ORDER = [

@@ -29,6 +29,7 @@ from flowyard.services import (
     caddy,
     catalog,
     local_worker,
+    metrics,
     mlflow,
     postgres,
     prefect_api,
@@ -361,6 +362,29 @@ def _host_ip(address: str) -> str:
     return "" if address == "0.0.0.0" else f"{address}:"
 
 
+def metrics_spec(cx: Contexts) -> Spec:
+    """The exporter, on TCP on the server network (Caddy routes /metrics to it); the config
+    and secrets come in its environment, as the init job's do, and there is no supervisord:
+    `flowyard_service_up` then covers what the exporter itself reaches."""
+    ctx = cx.server
+    native = metrics.service(ctx)
+    env = {c.secret_var(f): secret(ctx, f) for f in Secrets.model_fields}
+    env[metrics.CONFIG_VAR] = setup_config(ctx)
+    return Spec(
+        service={
+            **own_image(SERVER_IMAGE, cx.build_context),
+            "command": [*program(native.command), "--containers"],
+            "environment": env,
+            "networks": {c.SERVER_NETWORK: {}},
+            "depends_on": depends({c.POSTGRES: "healthy", c.REDIS: "healthy", c.INIT: "done"}),
+            "healthcheck": {
+                "test": http_check(f"http://{LOOPBACK}:{metrics.PORT}{metrics.HEALTH_PATH}")
+            },
+            **stop(native),
+        },
+    )
+
+
 def worker_spec(cx: Contexts) -> Spec:
     ctx = cx.client
     native = local_worker.service(ctx)
@@ -404,6 +428,7 @@ def build_specs(cx: Contexts, caddyfile: str) -> dict[str, Spec]:
         ),
         c.MLFLOW: lambda: mlflow_spec(cx),
         c.CADDY: lambda: caddy_spec(cx, caddyfile),
+        c.METRICS: lambda: metrics_spec(cx),
         c.WORKER: lambda: worker_spec(cx),
     }
     specs: dict[str, Spec] = {}

@@ -20,6 +20,7 @@ from flowyard.config.secrets import Secrets
 from flowyard.services import (
     caddy,
     local_worker,
+    metrics,
     mlflow,
     postgres,
     prefect_api,
@@ -37,6 +38,7 @@ PREFECT_API = prefect_api.NAME
 PREFECT_SERVICES = prefect_services.NAME
 MLFLOW = mlflow.NAME
 CADDY = caddy.NAME
+METRICS = metrics.NAME
 WORKER = local_worker.NAME
 INIT = "init"
 APPLY = "apply"
@@ -56,6 +58,7 @@ HOSTS = Hosts(
     object_store=SEAWEEDFS,
     prefect_api=PREFECT_API,
     mlflow=MLFLOW,
+    metrics=METRICS,
     # Inside its own network namespace; the published ports decide what is exposed.
     proxy_bind="0.0.0.0",
     # Sockets do not cross containers; each network is private to the stack.

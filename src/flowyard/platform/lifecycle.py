@@ -19,6 +19,8 @@ from flowyard.platform.registry import build_services
 from flowyard.platform.supervisor import Supervisor
 from flowyard.render.prefect_profile import render_profiles, render_server_profiles
 from flowyard.render.supervisor import render_supervisor_conf
+from flowyard.services import metrics
+from flowyard.services import postgres as postgres_service
 from flowyard.services.base import Service, ensure_system_user, port_free
 from flowyard.waiting import wait_until
 
@@ -328,3 +330,14 @@ def status(ctx: Context) -> list[ServiceStatus]:
             )
         )
     return result
+
+
+def run_figures(ctx: Context, rows: list[ServiceStatus]) -> metrics.PrefectFigures | None:
+    """Late runs, queue depth, pools and workers, as the metrics exporter reads them; None
+    while PostgreSQL is not ready (or the database cannot answer)."""
+    if not any(r.name == postgres_service.NAME and r.ready for r in rows):
+        return None
+    try:
+        return metrics.read_prefect_figures(ctx)
+    except Exception:
+        return None

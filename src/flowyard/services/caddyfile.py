@@ -13,6 +13,9 @@ from pathlib import Path
 from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK, FlowyardConfig
 
+# The metrics exporter's port in containers (`services.metrics`); natively it is a socket.
+METRICS_PORT = 9464
+
 # Prefect routes that upgrade to websockets; Caddy proxies upgrades on any route, and these
 # are listed so tests and docs check each one stays reachable.
 PREFECT_WEBSOCKET_ROUTES = (
@@ -29,6 +32,7 @@ class Upstreams:
     prefect: str
     s3: str | None
     mlflow: str | None
+    metrics: str
     files_root: str
     access_log: str
     listen: str
@@ -50,6 +54,7 @@ class Upstreams:
             mlflow=at("mlflow", hosts.mlflow, config.mlflow.port)
             if config.mlflow.enabled
             else None,
+            metrics=at("metrics", hosts.metrics, METRICS_PORT),
             files_root=str(ctx.paths.files),
             access_log=str(ctx.paths.log_file("caddy-access")),
             listen=hosts.proxy_bind or config.proxy.listen_address,
@@ -68,6 +73,15 @@ def _site_addresses(host: str, port: int, extra_names: Sequence[str]) -> str:
     return ", ".join(f"https://{name}:{port}" for name in (host, *extra_names))
 
 
+def _api_login(up: Upstreams) -> list[str]:
+    """The API credential, checked by the API itself (401 without a challenge)."""
+    return [
+        f"\t\tforward_auth {up.prefect} {{",
+        "\t\t\turi /api/admin/version",
+        "\t\t}",
+    ]
+
+
 def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequence[str] = ()) -> str:
     """The Caddyfile. `extra_names` are more names each HTTPS site answers to (compose's
     workers reach Caddy by its container name, which the internal CA must certify too)."""
@@ -80,6 +94,8 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
         f"http_port {proxy.http_port}",
         f"https_port {proxy.https_port}",
         f"default_bind {up.listen}",
+        # Request metrics (latency by status code) for /metrics/caddy; off by default.
+        "metrics",
     ]
     if proxy.tls == "acme" and proxy.acme_email:
         global_opts.append(f"email {proxy.acme_email}")
@@ -103,9 +119,7 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
         # ambient login), never listed, and never run as a page of the UI's origin, where
         # Prefect's UI keeps its login: a sandboxed download, whatever the file holds.
         "\thandle_path /files/* {",
-        f"\t\tforward_auth {up.prefect} {{",
-        "\t\t\turi /api/admin/version",
-        "\t\t}",
+        *_api_login(up),
         "\t\theader {",
         '\t\t\tContent-Security-Policy "sandbox"',
         "\t\t\tContent-Disposition attachment",
@@ -113,6 +127,17 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
         "\t\t}",
         f"\t\troot * {up.files_root}",
         "\t\tfile_server",
+        "\t}",
+        # Prometheus: the platform's figures (the exporter) and Caddy's own request metrics
+        # (served by Caddy itself, so its admin API stays private), for holders of the API
+        # credential, checked by the API like /files/.
+        "\thandle /metrics {",
+        *_api_login(up),
+        f"\t\treverse_proxy {up.metrics}",
+        "\t}",
+        "\thandle /metrics/caddy {",
+        *_api_login(up),
+        "\t\tmetrics",
         "\t}",
     ]
     if up.mlflow:

@@ -10,6 +10,7 @@ from flowyard.config.context import Context
 from flowyard.services import (
     caddy,
     local_worker,
+    metrics,
     postgres,
     prefect_api,
     prefect_services,
@@ -31,6 +32,8 @@ def services(ctx: Context) -> list[Service]:
 
         found.append(mlflow.service(ctx))
     found.append(caddy.service(ctx))
+    # After Caddy: it reads every service above, and is reached only through the proxy.
+    found.append(metrics.service(ctx))
     if cfg.worker.enabled:
         found.append(local_worker.service(ctx))
     return found
