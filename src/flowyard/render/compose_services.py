@@ -301,10 +301,18 @@ def mlflow_spec(cx: Contexts) -> Spec:
     needs = {c.POSTGRES: "healthy", c.INIT: "done"}
     if store.kind == "seaweedfs":
         needs[c.SEAWEEDFS] = "healthy"
+    command = replace_after(program(native.command), "--host", ctx.hosts.bind)
+    # Workers reach MLflow through Caddy by the name in their tracking URI: Caddy's container
+    # name with the internal CA (containers.client_context), which Caddy forwards as the Host
+    # MLflow checks; allow it too, or the compose worker's runs get 403 from MLflow.
+    hosts = mlflow.allowed_hosts(ctx)
+    worker_host = mlflow.public_netloc(cx.client)
+    if worker_host not in hosts:
+        command = replace_after(command, "--allowed-hosts", ",".join([*hosts, worker_host]))
     return Spec(
         service={
             **own_image(SERVER_IMAGE, cx.build_context),
-            "command": replace_after(program(native.command), "--host", ctx.hosts.bind),
+            "command": command,
             "environment": env,
             "configs": [{"source": "mlflow_auth", "target": str(mlflow.auth_config_path(ctx))}],
             "networks": {c.SERVER_NETWORK: {}},
