@@ -13,6 +13,12 @@ tag="${1:?usage: base.sh IMAGE_TAG}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 security="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 
+if ! command -v mmdebstrap >/dev/null 2>&1; then
+  echo "base: installing Debian's mmdebstrap"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null
+fi
+
 work="$(mktemp -d)"
 trap 'rm -rf "${work}"' EXIT
 mmdebstrap --quiet --variant=minbase \

@@ -41,7 +41,7 @@ report() {
   case "$2" in
     pulled) echo "images: ${1}: pulled from its registry" ;;
     local) echo "images: ${1}: cannot be pulled; using the copy already in docker" ;;
-    stand-in) echo "images: ${1}: cannot be pulled; using the TEST STAND-IN built earlier" ;;
+    stand-in) echo "images: ${1}: cannot be pulled; using the TEST STAND-IN built earlier${3:+ (${3})}" ;;
     built) echo "images: ${1}: cannot be pulled; built a TEST STAND-IN (${3})" ;;
   esac
 }
@@ -58,19 +58,25 @@ if [[ "${which}" == base ]]; then
 fi
 
 build=()
+states=()
 for service in postgres redis seaweedfs caddy; do
   image="${services[${service}]}"
   state="$(obtain "${image}")"
   case "${state}" in
     # A stand-in from an earlier run is rebuilt too (from docker's cache: seconds), so an
     # edited stand-in is never stale.
-    missing | stand-in) build+=("${service}") ;;
+    missing | stand-in) build+=("${service}") && states+=("${state}") ;;
     *) report "${image}" "${state}" ;;
   esac
 done
 if ((${#build[@]})); then
   "${compose}" --progress quiet -f "${here}/standins.yml" build "${build[@]}"
-  for service in "${build[@]}"; do
-    report "${services[${service}]}" built "deploy/ci/standins.Dockerfile, target ${service}"
+  for i in "${!build[@]}"; do
+    service="${build[${i}]}"
+    if [[ "${states[${i}]}" == stand-in ]]; then
+      report "${services[${service}]}" stand-in "refreshed from docker's build cache"
+    else
+      report "${services[${service}]}" built "deploy/ci/standins.Dockerfile, target ${service}"
+    fi
   done
 fi

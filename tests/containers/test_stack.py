@@ -224,6 +224,8 @@ def stack(workdir: Stack) -> Iterator[Stack]:
     made_files = not files.exists()
     files.mkdir(exist_ok=True)
     log = workdir.work / "build.log"
+    # What an interrupted earlier run may have left: this project's own, nothing else.
+    workdir.compose("down", "-v", "--remove-orphans", "--timeout", "10", check=False)
     try:
         started = time.monotonic()
         # The project's images, from deploy/docker/*.Dockerfile as the compose file says.
