@@ -223,7 +223,6 @@ def stack(workdir: Stack) -> Iterator[Stack]:
     files = COMPOSE_DIR / "files"
     made_files = not files.exists()
     files.mkdir(exist_ok=True)
-    log = workdir.work / "build.log"
     # What an interrupted earlier run may have left: this project's own, nothing else.
     workdir.compose("down", "-v", "--remove-orphans", "--timeout", "10", check=False)
     try:
@@ -231,12 +230,8 @@ def stack(workdir: Stack) -> Iterator[Stack]:
         # The project's images, from deploy/docker/*.Dockerfile as the compose file says.
         # One service per image (Compose would export a shared image once per service).
         builds = {s["image"]: n for n, s in DEV["services"].items() if "build" in s}
-        out = workdir.compose(
-            "--progress", "plain", "build", *builds.values(), timeout=1800, check=False
-        )
-        log.write_text(out)
-        if "ERROR" in out or "failed to solve" in out:
-            pytest.fail(f"build failed:\n{out[-6000:]}")
+        # Fails the test with Compose's output if the build fails.
+        workdir.compose("--progress", "quiet", "build", *builds.values(), timeout=1800)
         print(f"built the project's images in {time.monotonic() - started:.0f} s", flush=True)
         started = time.monotonic()
         up = [*compose_argv(), "-p", PROJECT, "--env-file", str(workdir.env_file)]
