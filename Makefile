@@ -1,6 +1,7 @@
 # Flowyard: `make up` brings the platform up and runs a real flow through it;
 # `make test` sets up and runs lint, types and the tests. Both work on a fresh machine
-# with only Python, pip and apt.
+# with only Python, pip and apt. `make test-containers` builds and runs the compose stack
+# (docs/containers.md, "How these files are tested"); it installs a Docker engine if missing.
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export FLOWYARD_HOME ?= $(if $(filter 0,$(shell id -u)),/var/lib/flowyard,$(HOME)/.flowyard)
 
-.PHONY: up down status test lint fmt typecheck unit integration bench clean install
+.PHONY: up down status test test-containers lint fmt typecheck unit integration bench clean install
 
 $(BIN)/flowyard: pyproject.toml flows/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +56,11 @@ integration: install
 
 test: lint typecheck
 	$(BIN)/pytest tests flows/tests
+
+# Docker Engine + Compose (installed and started if missing, stopped only if started here),
+# images (test stand-ins only where the real ones cannot be pulled), then tests/containers.
+test-containers: install
+	deploy/ci/test-containers.sh
 
 bench: install
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The business-logic image: a worker (the `flowyard` type) plus the flowyard-flows package and
 # everything it imports (flows.lock), since the worker runs each flow run in its own environment.
 # Deployments still pull their code from the object store; the installed package is what

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Flowyard's platform image: the Prefect API and background services, MLflow, and the
 # compose init jobs (`flowyard render compose` wires them). Python packages come only from
 # server.lock (regenerate with deploy/docker/lock.sh). Build from the repository root:

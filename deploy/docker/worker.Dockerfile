@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # A bare worker (Prefect, prefect-aws and the `flowyard` worker type, no business logic): a
 # base to build a team's own flows image FROM, or a worker for flows that need nothing else.
 # Build from the repository root:

@@ -291,10 +291,14 @@ def mlflow_spec(cx: Contexts) -> Spec:
     needs = {c.POSTGRES: "healthy", c.INIT: "done"}
     if store.kind == "seaweedfs":
         needs[c.SEAWEEDFS] = "healthy"
+    # Workers reach MLflow through Caddy by the name in their tracking URI: Caddy's container
+    # name with the internal CA (view.client_context), which Caddy forwards as the Host
+    # MLflow checks; allow it too, or the compose worker's runs get 403 from MLflow.
+    command = program(mlflow.command(ctx, extra_hosts=[mlflow.public_netloc(cx.client)]))
     return Spec(
         service={
             **own_image(SERVER_IMAGE, cx.build_context),
-            "command": program(native.command),
+            "command": command,
             "environment": env,
             "configs": [{"source": "mlflow_auth", "target": str(mlflow.auth_config_path(ctx))}],
             "networks": {c.SERVER_NETWORK: {}},

@@ -13,6 +13,7 @@ import hmac
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -93,11 +94,13 @@ def public_netloc(ctx: Context) -> str:
     return urlsplit(ctx.config.proxy.url).netloc
 
 
-def allowed_hosts(ctx: Context) -> list[str]:
+def allowed_hosts(ctx: Context, extra: Sequence[str] = ()) -> list[str]:
     port = ctx.config.mlflow.port
     # The public name through Caddy (which forwards Host unchanged), and loopback for the
-    # readiness check; any other Host is refused (DNS rebinding protection).
-    return [public_netloc(ctx), f"{LOOPBACK}:{port}", f"localhost:{port}"]
+    # readiness check; any other Host is refused (DNS rebinding protection). `extra`: other
+    # names clients reach Caddy by (compose's workers use Caddy's container name).
+    hosts = [public_netloc(ctx), f"{LOOPBACK}:{port}", f"localhost:{port}"]
+    return hosts + [h for h in extra if h not in hosts]
 
 
 def artifacts_destination(ctx: Context) -> str:
@@ -144,7 +147,7 @@ def server_env(ctx: Context) -> dict[str, str]:
     }
 
 
-def command(ctx: Context) -> list[str]:
+def command(ctx: Context, extra_hosts: Sequence[str] = ()) -> list[str]:
     cfg = ctx.config
     return [
         binary("mlflow"),
@@ -161,7 +164,7 @@ def command(ctx: Context) -> list[str]:
         "--artifacts-destination",
         artifacts_destination(ctx),
         "--allowed-hosts",
-        ",".join(allowed_hosts(ctx)),
+        ",".join(allowed_hosts(ctx, extra_hosts)),
         # Browsers send Origin on same-origin POSTs too; MLflow blocks unknown origins.
         "--cors-allowed-origins",
         cfg.proxy.url,
