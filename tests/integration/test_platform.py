@@ -157,7 +157,8 @@ def test_every_websocket_route_upgrades_through_proxy(platform: Context) -> None
             ssl=ctx,
             additional_headers=_auth(platform),
             subprotocols=[Subprotocol("prefect")],
-            open_timeout=10,
+            # Generous: a loaded 2-core CI machine can take seconds to answer a handshake.
+            open_timeout=30,
         ) as ws:
             assert ws.protocol.state.name == "OPEN", route
 
