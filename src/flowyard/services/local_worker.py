@@ -25,6 +25,7 @@ from flowyard.client.api import api_client
 from flowyard.client.env import worker_client_env
 from flowyard.config.context import Context
 from flowyard.errors import FlowyardError
+from flowyard.services import worker_python
 from flowyard.services.base import Service, binary, ensure_system_user
 
 NAME = "worker"
@@ -68,12 +69,18 @@ def is_registered(ctx: Context) -> bool:
         return False
 
 
-def command(ctx: Context, name: str, limit: str) -> list[str]:
+def _own_python(ctx: Context) -> bool:
+    """Whether the worker runs the linked runtime (`worker_python`) instead of this one."""
+    return system_user(ctx) is not None and worker_python.needed()
+
+
+def command(ctx: Context, name: str, limit: str, python: str | None = None) -> list[str]:
     """`prefect worker start` for the configured pool. Without --type Prefect starts the
     pool's own type (for Flowyard's pools, the fast `flowyard` worker). Name and limit are
-    parameters: compose names a worker after its container and sizes it to its CPUs."""
+    parameters: compose names a worker after its container and sizes it to its CPUs.
+    `python`: run Prefect's CLI as a module of that interpreter, not the console script."""
     return [
-        binary("prefect"),
+        *([python, "-m", "prefect"] if python else [binary("prefect")]),
         "worker",
         "start",
         "--pool",
@@ -93,28 +100,38 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
 
 
 def _check_reachable(ctx: Context, user: pwd.struct_passwd) -> None:
-    """The worker's user must be able to run this Python (a venv under /root is out of its
-    reach) and read the CA certificate; say so now rather than as a crash loop."""
-    probe = "import sys, flowyard; [open(p).close() for p in sys.argv[1:]]"
+    """The worker's user must be able to run its Python with Flowyard and Prefect (a venv
+    under /root is out of its reach) and read the CA certificate; say so now rather than
+    as a crash loop."""
+    probe = "import sys, flowyard, prefect; [open(p).close() for p in sys.argv[1:]]"
     ca = [str(ctx.paths.ca_cert)] if ctx.paths.ca_cert.exists() else []
-    result = subprocess.run(
-        [sys.executable, "-c", probe, *ca],
-        capture_output=True,
-        text=True,
-        cwd="/",
-        user=user.pw_uid,
-        group=user.pw_gid,
-        extra_groups=[],
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        timeout=60,
-    )
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+    own = _own_python(ctx)
+    python = str(worker_python.python(ctx)) if own else sys.executable
+    try:
+        result = subprocess.run(
+            [python, "-c", probe, *ca],
+            capture_output=True,
+            text=True,
+            cwd="/",
+            user=user.pw_uid,
+            group=user.pw_gid,
+            extra_groups=[],
+            env={
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": str(home(ctx)),
+                **(worker_python.env(ctx) if own else {}),
+            },
+            timeout=120,
+        )
+        problem = "" if result.returncode == 0 else result.stderr.strip()
+    except OSError as exc:
+        problem = str(exc)
+    if problem:
         raise FlowyardError(
-            f"The worker runs as {user.pw_name!r}, which cannot run {sys.executable} with "
-            f"Flowyard or read {ctx.paths.ca_cert}: {last}",
-            fix="Install Flowyard where every user can read it (e.g. a venv under /opt, not "
-            "/root), and keep FLOWYARD_HOME traversable (0711).",
+            f"The worker runs as {user.pw_name!r}, which cannot run {python} with Flowyard "
+            f"and Prefect or read {ctx.paths.ca_cert}: {problem.splitlines()[-1]}",
+            fix="Install Flowyard's environment where every user can read it (e.g. a venv "
+            "under /opt, not /root), and keep FLOWYARD_HOME traversable (0711).",
         )
 
 
@@ -135,6 +152,8 @@ def prepare(ctx: Context) -> None:
             fix="Set worker.system_user to an account of its own (default: flowyard-flows).",
         )
     user = ensure_system_user(name)
+    if _own_python(ctx):
+        worker_python.ensure(ctx)
     # Its own directory and nothing else; a home made before (or a restore) left it root's.
     if state.stat().st_uid != user.pw_uid or profiles.stat().st_uid != user.pw_uid:
         _chown_tree(state, user.pw_uid, user.pw_gid)
@@ -147,11 +166,13 @@ def service(ctx: Context) -> Service:
     # supervisor sets no HOME for a `user=` program (it would keep root's): flows' caches
     # (~/.cache, ...) land in the worker's own directory instead.
     own_home = {"HOME": str(home(ctx))} if user else {}
+    own = _own_python(ctx)
+    python = str(worker_python.python(ctx)) if own else None
     return Service(
         name=NAME,
         description=f"Prefect worker for pool '{cfg.pool}'",
-        command=command(ctx, worker_name(ctx), str(cfg.effective_concurrency)),
-        env={**env(ctx), **own_home},
+        command=command(ctx, worker_name(ctx), str(cfg.effective_concurrency), python),
+        env={**env(ctx), **own_home, **(worker_python.env(ctx) if own else {})},
         cwd=home(ctx),
         user=user,
         ready=lambda: is_registered(ctx),
