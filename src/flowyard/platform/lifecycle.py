@@ -219,6 +219,10 @@ def up(ctx: Context, progress: Progress, only: Collection[str] | None = None) ->
             progress(service.name, "preparing")
             if service.prepare:
                 service.prepare()
+                # What it created (data/seaweedfs, data/mlflow, ...) is owner-only before
+                # anything runs, not only from the next `up`: on a root install the
+                # worker's user passes through data/ (0711) and could list a 0755 directory.
+                secure_home(paths)
             progress(service.name, "starting")
             try:
                 sup.start_process(service.name)

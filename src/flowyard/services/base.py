@@ -98,6 +98,8 @@ def ensure_system_user(name: str) -> pwd.struct_passwd:
             check=True,
             capture_output=True,
             text=True,
+            # `up` runs with umask 077; the account databases useradd rewrites stay readable.
+            umask=0o022,
         )
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)
