@@ -9,6 +9,7 @@ beyond its own runs. On a root run (CI) it must not be root, nor able to read se
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import shutil
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from pydantic import SecretStr
 
 from flowyard.config.context import Context
 from flowyard.platform.supervisor import Supervisor
@@ -142,7 +144,32 @@ def test_flow_mlflow_login_logs_its_own_runs_and_is_no_admin(
     assert {m["key"]: m["value"] for m in run["data"]["metrics"]} == {"reached": 1.0}
 
 
-def test_flows_mlflow_password_is_resynced_from_secrets(platform: Context) -> None:
-    """A changed password (say secrets.toml restored from a backup) is re-synced at `up`."""
-    mlflow_service.sync_flows_user(platform)  # idempotent on an existing user
+def test_flows_mlflow_login_follows_the_secrets_file(platform: Context) -> None:
+    """A changed password (say secrets.toml restored from a backup) is re-synced at `up`,
+    through the server so its login cache follows at once; the store path (compose's init
+    job) keeps the user a non-admin."""
+    changed = dataclasses.replace(
+        platform,
+        secrets=platform.secrets.model_copy(
+            update={"mlflow_flows_password": SecretStr("restored-flows-password-1234")}
+        ),
+    )
+
+    def works(ctx: Context) -> bool:
+        with httpx.Client(verify=tls_verify(ctx), timeout=30) as client:
+            r = client.get(
+                f"{ctx.config.proxy.url}{mlflow_service.PREFIX}/api/2.0/mlflow/experiments/search",
+                params={"max_results": 1},
+                auth=mlflow_service.flows_auth(ctx),
+            )
+        return r.status_code == 200
+
+    try:
+        assert works(platform)
+        assert len(mlflow_service.bootstrap(changed)) == 1
+        assert works(changed) and not works(platform)
+    finally:
+        mlflow_service.bootstrap(platform)
+    assert works(platform)
     assert mlflow_service.bootstrap(platform) == []
+    mlflow_service.sync_flows_user(platform)  # idempotent on an existing user

@@ -236,10 +236,9 @@ _SYNC_ADMIN = (
 )
 
 
-# The flow runs' account: created, or its password re-synced from secrets.toml, never an
-# admin. Straight in the auth store (the tables live in the tracking database), so it works
-# before the server's first start too (the compose init job); the password travels in the
-# environment, never argv.
+# The flow runs' account, straight in the auth store (the tables live in the tracking
+# database): for the compose init job, which runs before the server's first start. The
+# password travels in the environment, never argv.
 _SYNC_FLOWS = (
     "import os; from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore; "
     "s = SqlAlchemyStore(); s.init_db(os.environ['MLFLOW_BACKEND_STORE_URI']); "
@@ -265,7 +264,8 @@ def _run_store_script(ctx: Context, script: str, what: str, **extra: str) -> Non
 
 
 def sync_flows_user(ctx: Context) -> None:
-    """Create MLflow's non-admin `flows` user, or reset its password to secrets.toml's."""
+    """Create MLflow's non-admin `flows` user, or reset its password to secrets.toml's,
+    in the auth store (the server need not run: the compose init job)."""
     user, password = flows_auth(ctx)
     _run_store_script(
         ctx,
@@ -274,6 +274,33 @@ def sync_flows_user(ctx: Context) -> None:
         FLOWYARD_MLFLOW_USER=user,
         FLOWYARD_MLFLOW_PASSWORD=password,
     )
+
+
+def _sync_flows_user_through_server(ctx: Context) -> None:
+    """The same through the running server's API, as its admin: the server then drops its
+    cached logins for the user at once (a direct store change would leave the old password
+    valid for up to auth_cache_ttl_seconds)."""
+    user, password = flows_auth(ctx)
+    base = f"{local_url(ctx)}/api/2.0/mlflow/users"
+    body = {"username": user, "password": password}
+    with local_http(socket(ctx), timeout=30) as client:
+        found = client.get(f"{base}/get", params={"username": user}, auth=admin_auth(ctx))
+        if found.status_code == 404:
+            r = client.post(f"{base}/create", json=body, auth=admin_auth(ctx))
+        else:
+            found.raise_for_status()
+            r = client.patch(f"{base}/update-password", json=body, auth=admin_auth(ctx))
+            if r.is_success and found.json()["user"].get("is_admin"):
+                r = client.patch(
+                    f"{base}/update-admin",
+                    json={"username": user, "is_admin": False},
+                    auth=admin_auth(ctx),
+                )
+    if not r.is_success:
+        raise FlowyardError(
+            f"MLflow refused to set up its {user!r} user: {r.status_code} {r.text[:500]}",
+            fix="Check `flowyard logs mlflow`.",
+        )
 
 
 def bootstrap(ctx: Context) -> list[str]:
@@ -287,7 +314,7 @@ def bootstrap(ctx: Context) -> list[str]:
         done.append(f"admin password re-synced from {ctx.paths.secrets_file}")
     if not flows_ok:
         # Missing (a home from before flows had their own login) or a changed password.
-        sync_flows_user(ctx)
+        _sync_flows_user_through_server(ctx)
         done.append(f"user {FLOWS_USER!r} (flow runs, not an admin) synced from secrets.toml")
     return done
 
