@@ -138,6 +138,8 @@ def code(homes: Callable[[str], Path]) -> dict[str, Path]:
     flows, lib, marks = root / "flows", root / "lib", root / "marks"
     for d in (flows, lib, marks):
         d.mkdir(parents=True)
+    # Flow runs write their marks as the worker's user (an unprivileged one as root).
+    marks.chmod(0o1777)
     for name, text in FLOWS.items():
         (flows / name).write_text(textwrap.dedent(text))
     (lib / "fy_helper.py").write_text(HELPER.format(version="v1"))

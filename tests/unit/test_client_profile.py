@@ -114,3 +114,38 @@ def test_a_join_file_from_before_mlflow_still_joins(tmp_path: Path) -> None:
     env = joined_worker_env(JoinInfo.read(old).profile(tmp_path), tmp_path)
     assert env["PREFECT_API_URL"] == "https://h:8443/api"
     assert "MLFLOW_TRACKING_URI" not in env
+
+
+@pytest.mark.parametrize("where", ["local", "joined"])
+def test_a_workers_env_carries_no_admin_credential_but_prefects(tmp_path: Path, where: str) -> None:
+    """Flow runs inherit their worker's environment: the flows' scoped S3 keys and MLflow's
+    non-admin `flows` login, never the admin S3 keys or the MLflow admin's password. The
+    Prefect credential is still the admin auth string (docs/security.md)."""
+    ctx = platform(tmp_path)
+    env = local_worker.env(ctx) if where == "local" else joined_env(ctx, tmp_path)
+    secrets = ctx.secrets
+    admin = [secrets.get(k) for k in ("s3_access_key", "s3_secret_key", "mlflow_admin_password")]
+    leaked = [k for k, v in env.items() if any(a in v for a in admin)]
+    assert not leaked, f"admin credentials in {leaked}"
+    assert env["AWS_ACCESS_KEY_ID"] == secrets.get("s3_flows_access_key")
+    assert env["AWS_SECRET_ACCESS_KEY"] == secrets.get("s3_flows_secret_key")
+    assert env["MLFLOW_TRACKING_USERNAME"] == "flows"
+    assert env["MLFLOW_TRACKING_PASSWORD"] == secrets.get("mlflow_flows_password")
+    assert env["PREFECT_API_AUTH_STRING"] == secrets.get("prefect_auth_string")
+    # The worker's own (empty) profiles file, never the operator's, which holds more.
+    if where == "local":
+        assert env["PREFECT_PROFILES_PATH"] != str(ctx.paths.prefect_profiles)
+
+
+def test_the_operators_env_keeps_the_admin_profile(tmp_path: Path) -> None:
+    ctx = platform(tmp_path)
+    env = platform_client_env(ctx)
+    assert env["AWS_ACCESS_KEY_ID"] == ctx.secrets.get("s3_access_key")
+    assert env["MLFLOW_TRACKING_USERNAME"] == "admin"
+    assert env["MLFLOW_TRACKING_PASSWORD"] == ctx.secrets.get("mlflow_admin_password")
+
+
+def test_an_external_store_keeps_its_one_key_pair_for_workers(tmp_path: Path) -> None:
+    """The platform cannot mint keys at an external store: workers use the configured pair."""
+    ctx = platform(tmp_path, object_store={"kind": "external", "endpoint_url": "https://s3.x"})
+    assert local_worker.env(ctx)["AWS_ACCESS_KEY_ID"] == ctx.secrets.get("s3_access_key")

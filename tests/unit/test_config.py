@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,40 @@ def test_secrets_are_random_and_owner_only(tmp_path: Path) -> None:
     write_secrets(path, a)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_secrets(path) == a
+
+
+def test_an_older_homes_secrets_get_the_missing_ones_added_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """A secrets.toml from before the flows' own credentials: loading adds them once, keeps
+    every existing value byte for byte, and keeps the file owner-only."""
+    old = Secrets.generate().model_copy(
+        update={
+            "s3_flows_access_key": None,
+            "s3_flows_secret_key": None,
+            "mlflow_flows_password": None,
+        }
+    )
+    path = tmp_path / "secrets.toml"
+    write_secrets(path, old)
+    before = tomllib.loads(path.read_text())
+    assert "s3_flows_access_key" not in before
+    loaded = load_secrets(path)
+    after = tomllib.loads(path.read_text())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert {k: after[k] for k in before} == before  # nothing existing changed
+    assert set(after) - set(before) == {
+        "s3_flows_access_key",
+        "s3_flows_secret_key",
+        "mlflow_flows_password",
+    }
+    assert loaded.plain() == after and not loaded.missing()
+    # Loaded again: the added values stay what they were.
+    assert load_secrets(path) == loaded
+    # A file that has them all is not rewritten.
+    mtime = path.stat().st_mtime_ns
+    load_secrets(path)
+    assert path.stat().st_mtime_ns == mtime
 
 
 def test_readable_secrets_file_is_refused(tmp_path: Path) -> None:

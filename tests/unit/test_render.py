@@ -4,6 +4,8 @@ with supervisor's own parser, and neither routes nor settings go missing."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -67,10 +69,11 @@ def test_acme_for_a_public_domain(ctx: Context, tmp_path: Path) -> None:
 def test_supervisor_conf_parses_and_keeps_order(ctx: Context, tmp_path: Path) -> None:
     from supervisor.options import ServerOptions
 
-    # As root, PostgreSQL's program names its system user, which `up` creates first and
-    # supervisord requires to exist: use one every Debian machine has.
+    # As root, PostgreSQL's and the worker's programs name their system users, which `up`
+    # creates first and supervisord requires to exist: use ones every Debian machine has.
     pg = ctx.config.postgres.model_copy(update={"system_user": "nobody"})
-    ctx = Context(ctx.config.model_copy(update={"postgres": pg}), ctx.secrets)
+    wk = ctx.config.worker.model_copy(update={"system_user": "daemon"})
+    ctx = Context(ctx.config.model_copy(update={"postgres": pg, "worker": wk}), ctx.secrets)
     services = build_services(ctx)
     ctx.paths.logs.mkdir(parents=True)
     ctx.paths.run.mkdir(parents=True)
@@ -85,6 +88,9 @@ def test_supervisor_conf_parses_and_keeps_order(ctx: Context, tmp_path: Path) ->
     worker = groups["worker"].process_configs[0]
     # Prefect's worker ignores SIGTERM; it is stopped with INT, its children with the group.
     assert worker.stopsignal == 2 and worker.killasgroup
+    if os.geteuid() == 0:
+        # A root install's flow runs are the worker's children: never root.
+        assert worker.uid == pwd.getpwnam("daemon").pw_uid
     assert all(not g.process_configs[0].autostart for g in groups.values())
 
 

@@ -70,8 +70,14 @@ def client_env(profile: ClientProfile) -> dict[str, str]:
 
 
 def platform_client_env(ctx: Context) -> dict[str, str]:
-    """`client_env` for this platform's own clients (`flowyard env`, the local worker)."""
+    """`client_env` for the operator's clients (`flowyard env`, deploys, apply): admin."""
     return client_env(ClientProfile.from_context(ctx))
+
+
+def worker_client_env(ctx: Context) -> dict[str, str]:
+    """`client_env` for this platform's local worker and the flow runs it starts: the
+    flows' scoped credentials (`ClientProfile.for_workers`)."""
+    return client_env(ClientProfile.for_workers(ctx))
 
 
 def child_env(ctx: Context, **overrides: str) -> dict[str, str]:

@@ -3,6 +3,13 @@
 Two sources make one: the platform's own context (the server's local worker, `flowyard env`,
 compose) and a join file (a worker on another host). Anything one of them knows that the
 other does not is a bug: a flow must behave the same whichever worker runs it.
+
+Two kinds of profile: the operator's (`from_context`: `flowyard env`, deploys, apply) holds
+the admin credentials; a worker's (`for_workers`: the local worker, join files, compose
+workers, and so every flow run) holds the flows' scoped ones: an S3 identity limited to
+reading the code bucket and writing results, and MLflow's non-admin `flows` user. The Prefect
+credential is still the admin auth string in both: Prefect's basic auth knows one login
+(per-worker Prefect credentials are the team-access issue's; docs/security.md).
 """
 
 from __future__ import annotations
@@ -14,8 +21,11 @@ from flowyard.config.context import Context
 
 # MLflow is served under this prefix of the platform's one origin.
 MLFLOW_PREFIX = "/mlflow"
-# MLflow's basic-auth admin (the only MLflow account until per-user accounts exist).
+# MLflow's basic-auth admin: the operator's login.
 MLFLOW_ADMIN_USER = "admin"
+# MLflow's non-admin account for flow runs (workers): it creates experiments and logs to the
+# runs it creates; other experiments it can only read (`default_permission = READ`).
+MLFLOW_FLOWS_USER = "flows"
 # The Prefect block every client's results go to (`PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK`).
 RESULTS_BLOCK_SLUG = "flowyard-results"
 
@@ -45,6 +55,41 @@ class ClientProfile:
 
     @classmethod
     def from_context(cls, ctx: Context, ca_file: Path | None = None) -> ClientProfile:
+        """The operator's profile: admin S3 keys and the MLflow admin (`flowyard env`)."""
+        return cls._build(
+            ctx,
+            ca_file,
+            s3_keys=(ctx.secrets.get("s3_access_key"), ctx.secrets.get("s3_secret_key")),
+            mlflow_login=(MLFLOW_ADMIN_USER, ctx.secrets.get("mlflow_admin_password")),
+        )
+
+    @classmethod
+    def for_workers(cls, ctx: Context, ca_file: Path | None = None) -> ClientProfile:
+        """A worker's profile, which every flow run it starts inherits: the scoped S3
+        identity and MLflow's non-admin `flows` user. With an external store the platform
+        cannot mint keys, so the secrets file's keys are used as they are (scope them at
+        the store)."""
+        own_store = ctx.config.object_store.kind == "seaweedfs"
+        s3 = ("s3_flows_access_key", "s3_flows_secret_key") if own_store else None
+        return cls._build(
+            ctx,
+            ca_file,
+            s3_keys=(
+                (ctx.secrets.get(s3[0]), ctx.secrets.get(s3[1]))
+                if s3
+                else (ctx.secrets.get("s3_access_key"), ctx.secrets.get("s3_secret_key"))
+            ),
+            mlflow_login=(MLFLOW_FLOWS_USER, ctx.secrets.get("mlflow_flows_password")),
+        )
+
+    @classmethod
+    def _build(
+        cls,
+        ctx: Context,
+        ca_file: Path | None,
+        s3_keys: tuple[str, str],
+        mlflow_login: tuple[str, str],
+    ) -> ClientProfile:
         cfg = ctx.config
         internal = cfg.proxy.tls == "internal"
         own_store = cfg.object_store.kind == "seaweedfs"
@@ -54,15 +99,15 @@ class ClientProfile:
         if cfg.mlflow.enabled:
             mlflow = MlflowLogin(
                 uri=f"{cfg.proxy.url}{MLFLOW_PREFIX}",
-                user=MLFLOW_ADMIN_USER,
-                password=ctx.secrets.mlflow_admin_password.get_secret_value(),
+                user=mlflow_login[0],
+                password=mlflow_login[1],
             )
         return cls(
             url=cfg.proxy.url,
             s3_url=s3_url,
             auth_string=ctx.secrets.prefect_auth_string.get_secret_value(),
-            s3_access_key=ctx.secrets.s3_access_key.get_secret_value(),
-            s3_secret_key=ctx.secrets.s3_secret_key.get_secret_value(),
+            s3_access_key=s3_keys[0],
+            s3_secret_key=s3_keys[1],
             region=cfg.object_store.region,
             code_bucket=cfg.object_store.code_bucket,
             results_bucket=cfg.object_store.results_bucket,

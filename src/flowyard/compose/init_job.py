@@ -1,9 +1,10 @@
 """The compose `init` job: what native mode does before the Prefect API starts.
 
 Natively, each service's `prepare`/`bootstrap` creates the database roles, runs Prefect's and
-MLflow's migrations and creates the buckets. Under compose the same functions run here, once,
-with the container view of the config (`flowyard.compose.view`): compose passes the config and
-the secrets in the environment and starts the API only after this exits 0.
+MLflow's migrations, creates MLflow's `flows` user and the buckets. Under compose the same
+functions run here, once, with the container view of the config (`flowyard.compose.view`):
+compose passes the config and the secrets in the environment and starts the API only after
+this exits 0.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def run(ctx: Context) -> None:
 
         mlflow.migrate(ctx)
         print("mlflow database: migrated", flush=True)
+        mlflow.sync_flows_user(ctx)
+        print(f"mlflow user {mlflow.FLOWS_USER}: ready", flush=True)
     if ctx.config.object_store.kind == "seaweedfs":
         seaweedfs.ensure_buckets(ctx)
         print(f"buckets: {', '.join(ctx.config.object_store.buckets)}", flush=True)

@@ -388,6 +388,11 @@ class WorkerConfig(_Section):
     concurrency: int | None = Field(
         None, ge=1, description="Flow runs at once; default: the machine's CPU count."
     )
+    system_user: str = Field(
+        "flowyard-flows",
+        description="Unprivileged user the local worker, and so every flow run, runs as when "
+        "flowyard runs as root; created if missing. Must not be postgres.system_user.",
+    )
 
     @property
     def effective_concurrency(self) -> int:

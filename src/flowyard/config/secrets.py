@@ -36,10 +36,26 @@ class Secrets(BaseModel):
     s3_access_key: SecretStr = Field(description="Object store access key.")
     s3_secret_key: SecretStr = Field(description="Object store secret key.")
     mlflow_admin_password: SecretStr = Field(description="MLflow `admin` user.")
+    # Flow runs' own credentials (least privilege). Added after the first release, so a home
+    # made before has none: they are optional here and `load_secrets` generates the missing
+    # ones once (see `complete`).
+    s3_flows_access_key: SecretStr | None = Field(
+        None, description="Object store access key of flow runs (scoped to their buckets)."
+    )
+    s3_flows_secret_key: SecretStr | None = Field(
+        None, description="Object store secret key of flow runs."
+    )
+    mlflow_flows_password: SecretStr | None = Field(
+        None, description="MLflow `flows` user (not an admin), the login of flow runs."
+    )
 
     @classmethod
     def generate(cls) -> Secrets:
-        return cls(
+        return cls(**{**cls._generate_required(), **cls._generate_added()})
+
+    @staticmethod
+    def _generate_required() -> dict[str, SecretStr]:
+        return dict(
             postgres_superuser_password=SecretStr(_token()),
             prefect_db_password=SecretStr(_token()),
             mlflow_db_password=SecretStr(_token()),
@@ -51,12 +67,40 @@ class Secrets(BaseModel):
             mlflow_admin_password=SecretStr(_token()),
         )
 
+    @staticmethod
+    def _generate_added() -> dict[str, SecretStr]:
+        """Secrets added after the first release; `complete` fills in the missing ones."""
+        return dict(
+            s3_flows_access_key=SecretStr("FL" + secrets.token_hex(9).upper()),
+            s3_flows_secret_key=SecretStr(_token(30)),
+            mlflow_flows_password=SecretStr(_token()),
+        )
+
+    def missing(self) -> list[str]:
+        return [name for name, value in self if value is None]
+
+    def complete(self) -> Secrets:
+        """These secrets with every missing one generated. Only ever ADDS: an existing value
+        is never changed (it may be what a database, a store or a join file already uses)."""
+        added = {k: v for k, v in self._generate_added().items() if getattr(self, k) is None}
+        return self.model_copy(update=added) if added else self
+
+    def get(self, name: str) -> str:
+        """One secret's value; a clear error for one this home's file lacks."""
+        value = getattr(self, name)
+        if value is None:
+            raise FlowyardError(
+                f"secrets.toml has no {name}.",
+                fix="Run `flowyard up` once: it adds the secrets a newer version needs.",
+            )
+        return str(value.get_secret_value())
+
     @property
     def prefect_user(self) -> str:
         return self.prefect_auth_string.get_secret_value().split(":", 1)[0]
 
     def plain(self) -> dict[str, str]:
-        return {k: v.get_secret_value() for k, v in self}
+        return {k: v.get_secret_value() for k, v in self if v is not None}
 
     def values(self) -> list[str]:
         """Every secret value, for tests that prove none leaked into a rendered file."""
@@ -93,10 +137,24 @@ def load_secrets(path: Path) -> Secrets:
         )
     try:
         data = tomllib.loads(path.read_text())
-        return Secrets.model_validate(data)
+        loaded = Secrets.model_validate(data)
     except (tomllib.TOMLDecodeError, ValidationError) as exc:
         raise FlowyardError(
             f"{path} is damaged: {exc}",
             fix="Restore it from a backup (`flowyard restore`); regenerating it would lock you "
             "out of the existing database and object store.",
         ) from exc
+    if not loaded.missing():
+        return loaded
+    # A home made by an earlier version lacks the secrets added since: generate them once and
+    # write them back (owner-only). Only missing keys are added; existing ones are kept as
+    # they are, since databases, the object store and join files already use them.
+    completed = loaded.complete()
+    try:
+        write_secrets(path, completed)
+    except OSError as exc:
+        raise FlowyardError(
+            f"{path} lacks {', '.join(loaded.missing())} and cannot be updated: {exc.strerror}.",
+            fix=f"Run flowyard as the owner of {path} once, so it can add them.",
+        ) from exc
+    return completed

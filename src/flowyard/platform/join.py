@@ -32,7 +32,8 @@ def join_info(ctx: Context, pool: str) -> JoinInfo:
             f"Unknown work pool {pool!r}.",
             fix=f"Use one of: {', '.join(p.name for p in cfg.pools)} (or declare it in pools).",
         )
-    profile = ClientProfile.from_context(ctx)
+    # A worker's profile: the flows' scoped S3 and MLflow credentials, never the admin's.
+    profile = ClientProfile.for_workers(ctx)
     if profile.ca_file and not profile.ca_file.exists():
         raise FlowyardError(
             f"The platform's CA certificate {profile.ca_file} does not exist yet: Caddy "

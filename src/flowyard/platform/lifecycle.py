@@ -111,7 +111,9 @@ def _service_failed(ctx: Context, service: Service, why: str) -> FlowyardError:
 SOCKET_PATH_MAX = 107
 # Owned by other accounts or meant to be read by them: left as they are by `secure_home`.
 _PUBLIC = ("ca",)
-_FOREIGN = ("data/postgres", "data/pgdist", "run/postgres")
+# data/worker is the worker's user's own (0700 suits it). data/pydist must stay world-readable,
+# and its files are hard links to the interpreter's own: a chmod there would change those.
+_FOREIGN = ("data/postgres", "data/pgdist", "data/pydist", "run/postgres")
 
 
 def _prepare_dirs(ctx: Context) -> None:
@@ -231,6 +233,10 @@ def _up(ctx: Context, progress: Progress, only: Collection[str] | None) -> None:
             progress(service.name, "preparing")
             if service.prepare:
                 service.prepare()
+                # What it created (data/seaweedfs, data/mlflow, ...) is owner-only before
+                # anything runs, not only from the next `up`: on a root install the
+                # worker's user passes through data/ (0711) and could list a 0755 directory.
+                secure_home(paths)
             progress(service.name, "starting")
             try:
                 sup.start_process(service.name)

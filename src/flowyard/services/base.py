@@ -98,13 +98,15 @@ def ensure_system_user(name: str) -> pwd.struct_passwd:
             check=True,
             capture_output=True,
             text=True,
+            # `up` runs with umask 077; the account databases useradd rewrites stay readable.
+            umask=0o022,
         )
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)
         raise FlowyardError(
-            f"Could not create the system user {name!r} that PostgreSQL runs as: {detail.strip()}",
+            f"Could not create the system user {name!r} a service runs as: {detail.strip()}",
             fix=f"Create it yourself (`useradd --system {name}`) or set postgres.system_user "
-            "to an existing unprivileged user.",
+            "(PostgreSQL) or worker.system_user (the worker) to an existing unprivileged user.",
         ) from exc
     return pwd.getpwnam(name)
 

@@ -1,33 +1,61 @@
 """The local worker: serves the default work pool through the proxy, like any remote worker.
 
-Its environment is the platform's client profile (`flowyard.client.env`), the same builder a
-joined worker's comes from, plus where this machine keeps the worker's state.
+Its environment is a worker's client profile (`flowyard.client.env.worker_client_env`: the
+flows' scoped S3 and MLflow credentials, the same profile a joined worker's join file
+carries), plus where this machine keeps the worker's state.
+
+Every flow run it starts is its child and inherits its user. On a root install it therefore
+runs as an unprivileged system account (`worker.system_user`) that owns only its own state
+directory: it can read the public CA certificate, and nothing else of FLOWYARD_HOME
+(secrets.toml, run/, logs/ and the other services' data stay their owners' alone).
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 
 from flowyard.client.api import api_client
-from flowyard.client.env import platform_client_env
+from flowyard.client.env import worker_client_env
 from flowyard.config.context import Context
-from flowyard.services.base import Service, binary
+from flowyard.errors import FlowyardError
+from flowyard.services import worker_python
+from flowyard.services.base import Service, binary, ensure_system_user
 
 NAME = "worker"
+# The worker's own Prefect profiles file: one empty profile, readable by the worker's user.
+# Every setting comes from its environment; the file only keeps another profile (the
+# operator's, which holds more) from being read, and must exist for Prefect to start.
+PROFILES_FILE = "profiles.toml"
+EMPTY_PROFILES = 'active = "worker"\n\n[profiles.worker]\n'
 
 
 def worker_name(ctx: Context) -> str:
     return f"flowyard-{socket.gethostname()}"
 
 
+def home(ctx: Context) -> Path:
+    return ctx.paths.service_data("worker")
+
+
+def system_user(ctx: Context) -> str | None:
+    """The account the worker and its flow runs run as; None means "as flowyard itself"
+    (a non-root install, where there is no more privileged account to step down from)."""
+    return ctx.config.worker.system_user if os.geteuid() == 0 else None
+
+
 def env(ctx: Context) -> dict[str, str]:
-    home = ctx.paths.service_data("worker")
+    state = home(ctx)
     return {
-        **platform_client_env(ctx),
-        "PREFECT_HOME": str(home),
-        "PREFECT_PROFILES_PATH": str(ctx.paths.prefect_profiles),
+        **worker_client_env(ctx),
+        "PREFECT_HOME": str(state),
+        "PREFECT_PROFILES_PATH": str(state / PROFILES_FILE),
     }
 
 
@@ -41,12 +69,18 @@ def is_registered(ctx: Context) -> bool:
         return False
 
 
-def command(ctx: Context, name: str, limit: str) -> list[str]:
+def _own_python(ctx: Context) -> bool:
+    """Whether the worker runs the linked runtime (`worker_python`) instead of this one."""
+    return system_user(ctx) is not None and worker_python.needed()
+
+
+def command(ctx: Context, name: str, limit: str, python: str | None = None) -> list[str]:
     """`prefect worker start` for the configured pool. Without --type Prefect starts the
     pool's own type (for Flowyard's pools, the fast `flowyard` worker). Name and limit are
-    parameters: compose names a worker after its container and sizes it to its CPUs."""
+    parameters: compose names a worker after its container and sizes it to its CPUs.
+    `python`: run Prefect's CLI as a module of that interpreter, not the console script."""
     return [
-        binary("prefect"),
+        *([python, "-m", "prefect"] if python else [binary("prefect")]),
         "worker",
         "start",
         "--pool",
@@ -58,20 +92,94 @@ def command(ctx: Context, name: str, limit: str) -> list[str]:
     ]
 
 
+def _chown_tree(path: Path, uid: int, gid: int) -> None:
+    os.chown(path, uid, gid, follow_symlinks=False)
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            os.chown(Path(root) / name, uid, gid, follow_symlinks=False)
+
+
+def _check_reachable(ctx: Context, user: pwd.struct_passwd) -> None:
+    """The worker's user must be able to run its Python with Flowyard and Prefect (a venv
+    under /root is out of its reach) and read the CA certificate; say so now rather than
+    as a crash loop."""
+    probe = "import sys, flowyard, prefect; [open(p).close() for p in sys.argv[1:]]"
+    ca = [str(ctx.paths.ca_cert)] if ctx.paths.ca_cert.exists() else []
+    own = _own_python(ctx)
+    python = str(worker_python.python(ctx)) if own else sys.executable
+    try:
+        result = subprocess.run(
+            [python, "-c", probe, *ca],
+            capture_output=True,
+            text=True,
+            cwd="/",
+            user=user.pw_uid,
+            group=user.pw_gid,
+            extra_groups=[],
+            env={
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": str(home(ctx)),
+                **(worker_python.env(ctx) if own else {}),
+            },
+            timeout=120,
+        )
+        problem = "" if result.returncode == 0 else result.stderr.strip()
+    except OSError as exc:
+        problem = str(exc)
+    if problem:
+        raise FlowyardError(
+            f"The worker runs as {user.pw_name!r}, which cannot run {python} with Flowyard "
+            f"and Prefect or read {ctx.paths.ca_cert}: {problem.splitlines()[-1]}",
+            fix="Install Flowyard's environment where every user can read it (e.g. a venv "
+            "under /opt, not /root), and keep FLOWYARD_HOME traversable (0711).",
+        )
+
+
+def prepare(ctx: Context) -> None:
+    state = home(ctx)
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o700)
+    profiles = state / PROFILES_FILE
+    if not profiles.exists() or profiles.read_text() != EMPTY_PROFILES:
+        profiles.write_text(EMPTY_PROFILES)
+    name = system_user(ctx)
+    if name is None:
+        return
+    if name in ("root", ctx.config.postgres.system_user):
+        raise FlowyardError(
+            f"worker.system_user is {name!r}: flow runs would get that account's access "
+            "(PostgreSQL's data, or everything).",
+            fix="Set worker.system_user to an account of its own (default: flowyard-flows).",
+        )
+    user = ensure_system_user(name)
+    if _own_python(ctx):
+        worker_python.ensure(ctx)
+    # Its own directory and nothing else; a home made before (or a restore) left it root's.
+    if state.stat().st_uid != user.pw_uid or profiles.stat().st_uid != user.pw_uid:
+        _chown_tree(state, user.pw_uid, user.pw_gid)
+    _check_reachable(ctx, user)
+
+
 def service(ctx: Context) -> Service:
     cfg = ctx.config.worker
-    home = ctx.paths.service_data("worker")
+    user = system_user(ctx)
+    # supervisor sets no HOME for a `user=` program (it would keep root's): flows' caches
+    # (~/.cache, ...) land in the worker's own directory instead.
+    own_home = {"HOME": str(home(ctx))} if user else {}
+    own = _own_python(ctx)
+    python = str(worker_python.python(ctx)) if own else None
     return Service(
         name=NAME,
         description=f"Prefect worker for pool '{cfg.pool}'",
-        command=command(ctx, worker_name(ctx), str(cfg.effective_concurrency)),
-        env=env(ctx),
-        cwd=home,
+        command=command(ctx, worker_name(ctx), str(cfg.effective_concurrency), python),
+        env={**env(ctx), **own_home, **(worker_python.env(ctx) if own else {})},
+        cwd=home(ctx),
+        user=user,
         ready=lambda: is_registered(ctx),
         ready_timeout=60,
         # Prefect 3.9's worker ignores SIGTERM: INT asks it to stop; supervisor KILLs the
         # whole process group after stop_wait, so no flow-run child outlives it.
         stop_signal="INT",
         stop_wait=20,
-        prepare=lambda: home.mkdir(parents=True, exist_ok=True),
+        prepare=lambda: prepare(ctx),
     )

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from flowyard.client.api import local_http
-from flowyard.client.profile import MLFLOW_ADMIN_USER, MLFLOW_PREFIX
+from flowyard.client.profile import MLFLOW_ADMIN_USER, MLFLOW_FLOWS_USER, MLFLOW_PREFIX
 from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK
 from flowyard.errors import FlowyardError
@@ -32,6 +32,7 @@ NAME = "mlflow"
 
 PREFIX = MLFLOW_PREFIX
 ADMIN_USER = MLFLOW_ADMIN_USER
+FLOWS_USER = MLFLOW_FLOWS_USER
 # psycopg 3 (SQLAlchemy's `postgresql+psycopg`); the bare `postgresql://` means psycopg2.
 DB_DRIVER = "postgresql+psycopg"
 
@@ -56,6 +57,10 @@ def local_url(ctx: Context) -> str:
 
 def admin_auth(ctx: Context) -> tuple[str, str]:
     return ADMIN_USER, ctx.secrets.mlflow_admin_password.get_secret_value()
+
+
+def flows_auth(ctx: Context) -> tuple[str, str]:
+    return FLOWS_USER, ctx.secrets.get("mlflow_flows_password")
 
 
 def flask_secret_key(ctx: Context) -> str:
@@ -234,24 +239,87 @@ _SYNC_ADMIN = (
 )
 
 
-def bootstrap(ctx: Context) -> list[str]:
-    probe = f"{local_url(ctx)}/api/2.0/mlflow/experiments/search"
-    with local_http(socket(ctx), timeout=10) as client:
-        if client.get(probe, params={"max_results": 1}, auth=admin_auth(ctx)).is_success:
-            return []
+# The flow runs' account, straight in the auth store (the tables live in the tracking
+# database): for the compose init job, which runs before the server's first start. The
+# password travels in the environment, never argv.
+_SYNC_FLOWS = (
+    "import os; from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore; "
+    "s = SqlAlchemyStore(); s.init_db(os.environ['MLFLOW_BACKEND_STORE_URI']); "
+    "u, p = os.environ['FLOWYARD_MLFLOW_USER'], os.environ['FLOWYARD_MLFLOW_PASSWORD']; "
+    "s.update_user(u, password=p, is_admin=False) if s.has_user(u) "
+    "else s.create_user(u, p, is_admin=False)"
+)
+
+
+def _run_store_script(ctx: Context, script: str, what: str, **extra: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", _SYNC_ADMIN],
-        env={**os.environ, **server_env(ctx)},
+        [sys.executable, "-c", script],
+        env={**os.environ, **server_env(ctx), **extra},
         capture_output=True,
         text=True,
         timeout=120,
     )
     if result.returncode != 0:
         raise FlowyardError(
-            f"Could not reset MLflow's admin password: {result.stderr.strip()[-2000:]}",
+            f"Could not {what}: {result.stderr.strip()[-2000:]}",
             fix="Check `flowyard logs mlflow`; the mlflow database may be damaged.",
         )
-    return [f"admin password re-synced from {ctx.paths.secrets_file}"]
+
+
+def sync_flows_user(ctx: Context) -> None:
+    """Create MLflow's non-admin `flows` user, or reset its password to secrets.toml's,
+    in the auth store (the server need not run: the compose init job)."""
+    user, password = flows_auth(ctx)
+    _run_store_script(
+        ctx,
+        _SYNC_FLOWS,
+        f"create MLflow's {user!r} user",
+        FLOWYARD_MLFLOW_USER=user,
+        FLOWYARD_MLFLOW_PASSWORD=password,
+    )
+
+
+def _sync_flows_user_through_server(ctx: Context) -> None:
+    """The same through the running server's API, as its admin: the server then drops its
+    cached logins for the user at once (a direct store change would leave the old password
+    valid for up to auth_cache_ttl_seconds)."""
+    user, password = flows_auth(ctx)
+    base = f"{local_url(ctx)}/api/2.0/mlflow/users"
+    body = {"username": user, "password": password}
+    with local_http(socket(ctx), timeout=30) as client:
+        found = client.get(f"{base}/get", params={"username": user}, auth=admin_auth(ctx))
+        if found.status_code == 404:
+            r = client.post(f"{base}/create", json=body, auth=admin_auth(ctx))
+        else:
+            found.raise_for_status()
+            r = client.patch(f"{base}/update-password", json=body, auth=admin_auth(ctx))
+            if r.is_success and found.json()["user"].get("is_admin"):
+                r = client.patch(
+                    f"{base}/update-admin",
+                    json={"username": user, "is_admin": False},
+                    auth=admin_auth(ctx),
+                )
+    if not r.is_success:
+        raise FlowyardError(
+            f"MLflow refused to set up its {user!r} user: {r.status_code} {r.text[:500]}",
+            fix="Check `flowyard logs mlflow`.",
+        )
+
+
+def bootstrap(ctx: Context) -> list[str]:
+    probe = f"{local_url(ctx)}/api/2.0/mlflow/experiments/search"
+    done = []
+    with local_http(socket(ctx), timeout=10) as client:
+        admin_ok = client.get(probe, params={"max_results": 1}, auth=admin_auth(ctx)).is_success
+        flows_ok = client.get(probe, params={"max_results": 1}, auth=flows_auth(ctx)).is_success
+    if not admin_ok:
+        _run_store_script(ctx, _SYNC_ADMIN, "reset MLflow's admin password")
+        done.append(f"admin password re-synced from {ctx.paths.secrets_file}")
+    if not flows_ok:
+        # Missing (a home from before flows had their own login) or a changed password.
+        _sync_flows_user_through_server(ctx)
+        done.append(f"user {FLOWS_USER!r} (flow runs, not an admin) synced from secrets.toml")
+    return done
 
 
 def service(ctx: Context) -> Service:

@@ -34,8 +34,27 @@ def s3_config_path(ctx: Context) -> str:
     return str(ctx.paths.run / "seaweedfs-s3.json")
 
 
+def flows_actions(ctx: Context) -> list[str]:
+    """What flow runs may do, bucket by bucket: read (and list) the deployed code; read,
+    write and list results. Nothing on the artifacts bucket: MLflow's server proxies every
+    artifact (`--serve-artifacts`), and direct access would bypass MLflow's per-experiment
+    permissions. No Admin: no bucket creation, deletion or listing of all buckets."""
+    store = ctx.config.object_store
+    return [
+        f"Read:{store.code_bucket}",
+        f"List:{store.code_bucket}",
+        f"Read:{store.results_bucket}",
+        f"Write:{store.results_bucket}",
+        f"List:{store.results_bucket}",
+    ]
+
+
 def render_s3_config(ctx: Context) -> str:
-    """The one identity that may use S3; a missing or broken file makes weed refuse to start."""
+    """The identities that may use S3; a missing or broken file makes weed refuse to start.
+
+    `flowyard` is the platform's own (bootstrap, deploys, backups, MLflow's server): Admin.
+    `flows` is what workers, and so flow runs, hold: `flows_actions` and nothing more.
+    """
     return json.dumps(
         {
             "identities": [
@@ -43,12 +62,22 @@ def render_s3_config(ctx: Context) -> str:
                     "name": "flowyard",
                     "credentials": [
                         {
-                            "accessKey": ctx.secrets.s3_access_key.get_secret_value(),
-                            "secretKey": ctx.secrets.s3_secret_key.get_secret_value(),
+                            "accessKey": ctx.secrets.get("s3_access_key"),
+                            "secretKey": ctx.secrets.get("s3_secret_key"),
                         }
                     ],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
+                },
+                {
+                    "name": "flows",
+                    "credentials": [
+                        {
+                            "accessKey": ctx.secrets.get("s3_flows_access_key"),
+                            "secretKey": ctx.secrets.get("s3_flows_secret_key"),
+                        }
+                    ],
+                    "actions": flows_actions(ctx),
+                },
             ]
         }
     )
