@@ -60,7 +60,7 @@ def worker_profile(ctx: Context) -> ClientProfile:
     `ClientProfile` has one: when that lands, this call is the one line to change, and the
     Secret, the values file and the pool's job template all follow.
     """
-    return ClientProfile.from_context(ctx)
+    return ClientProfile.for_workers(ctx)
 
 
 @dataclass(frozen=True)

@@ -111,8 +111,9 @@ def _service_failed(ctx: Context, service: Service, why: str) -> FlowyardError:
 SOCKET_PATH_MAX = 107
 # Owned by other accounts or meant to be read by them: left as they are by `secure_home`.
 _PUBLIC = ("ca",)
-# data/worker is the worker's user's own (0700 suits it). data/pydist must stay world-readable,
-# and its files are hard links to the interpreter's own: a chmod there would change those.
+# data/worker is the worker's user's own (0700 suits it). data/pydist is readable through the
+# worker user's group, and its files are hard links to the interpreter's own: a chmod there
+# would change those.
 _FOREIGN = ("data/postgres", "data/pgdist", "data/pydist", "run/postgres")
 
 

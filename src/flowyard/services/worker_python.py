@@ -15,6 +15,7 @@ themselves: `local_worker.prepare` checks, as that user, and says how to fix it.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import stat
 import sys
@@ -114,8 +115,17 @@ def ensure(ctx: Context) -> None:
     sites = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     lines = [f"import site; site.addsitedir({p!r})" for p in dict.fromkeys(sites)]
     (site / "_flowyard_environment.pth").write_text("\n".join(lines) + "\n")
-    # Readable and traversable by the worker's user; never writable by it.
-    for path in [dist, *dist.rglob("*")]:
-        if path.is_dir() and not path.is_symlink():
-            path.chmod(0o755)
     stamp.write_text(_stamp())
+    # Readable and traversable by the worker's user (through its group), never writable by
+    # it, and closed to every other user like the rest of the home. Only directories and the
+    # files written here change: the linked files share their inodes with the originals.
+    group = pwd.getpwnam(ctx.config.worker.system_user).pw_gid
+    for path in [dist, *dist.rglob("*")]:
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            os.chown(path, 0, group)
+            path.chmod(0o750)
+    for path in (stamp, venv / "pyvenv.cfg", site / "_flowyard_environment.pth"):
+        os.chown(path, 0, group)
+        path.chmod(0o640)
