@@ -91,7 +91,9 @@ def listening_ports(ctx: Context) -> dict[int, str]:
             proc = psutil.Process(pid)
             for conn in proc.net_connections("inet"):
                 if conn.status == psutil.CONN_LISTEN:
-                    found[conn.laddr.port] = proc.name()
+                    cmdline = " ".join(proc.cmdline())
+                    worker = "prefect" in cmdline and "worker start" in cmdline
+                    found[conn.laddr.port] = "prefect worker" if worker else proc.name()
         except psutil.Error:
             continue
     return found
@@ -171,7 +173,7 @@ def test_another_local_user_gets_nothing_without_a_credential(installed: Context
     # services (PostgreSQL, Redis, the Prefect API, MLflow, Caddy's admin API) listen on
     # no TCP port at all.
     open_ports = {int(p) for p, r in out["tcp"].items() if r == "open"}
-    assert {ports[p] for p in open_ports - public} <= {"weed", "prefect"}, {
+    assert {ports[p] for p in open_ports - public} <= {"weed", "prefect worker"}, {
         p: ports[p] for p in open_ports - public
     }
     assert store.s3_port in open_ports
