@@ -13,6 +13,7 @@ import hmac
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -270,13 +271,20 @@ def sync_flows_user(ctx: Context) -> None:
     """Create MLflow's non-admin `flows` user, or reset its password to secrets.toml's,
     in the auth store (the server need not run: the compose init job)."""
     user, password = flows_auth(ctx)
-    _run_store_script(
-        ctx,
-        _SYNC_FLOWS,
-        f"create MLflow's {user!r} user",
-        FLOWYARD_MLFLOW_USER=user,
-        FLOWYARD_MLFLOW_PASSWORD=password,
-    )
+    # Importing MLflow's auth store reads its auth config; where the server's copy is not
+    # there (the init job's container), a private one for this call (it holds the
+    # database password: owner-only, removed afterwards).
+    with tempfile.TemporaryDirectory() as scratch:
+        config = Path(scratch) / "mlflow-auth.ini"
+        write_private(config, render_auth_config(ctx))
+        _run_store_script(
+            ctx,
+            _SYNC_FLOWS,
+            f"create MLflow's {user!r} user",
+            FLOWYARD_MLFLOW_USER=user,
+            FLOWYARD_MLFLOW_PASSWORD=password,
+            MLFLOW_AUTH_CONFIG_PATH=str(config),
+        )
 
 
 def _sync_flows_user_through_server(ctx: Context) -> None:
