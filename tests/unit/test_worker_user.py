@@ -19,6 +19,7 @@ from flowyard.config.secrets import Secrets
 from flowyard.errors import FlowyardError
 from flowyard.platform.lifecycle import secure_home
 from flowyard.services import local_worker, worker_python
+from flowyard.services.base import ensure_system_user
 
 
 def context(tmp_path: Path) -> Context:
@@ -42,7 +43,7 @@ def test_the_worker_gets_its_own_empty_profile_and_state(tmp_path: Path) -> None
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a root install's worker user")
-def test_linked_runtime_runs_as_another_user_and_secure_home_leaves_it_alone() -> None:
+def test_linked_runtime_runs_as_the_worker_user_only_and_secure_home_leaves_it_alone() -> None:
     # Not tmp_path: pytest's base directory is 0700, out of another user's reach.
     base = Path(tempfile.mkdtemp(prefix="flowyard-pydist-"))
     try:
@@ -51,28 +52,36 @@ def test_linked_runtime_runs_as_another_user_and_secure_home_leaves_it_alone() -
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _check_linked_runtime(ctx: Context) -> None:
-    ctx.paths.data.mkdir(parents=True)
-    ctx.paths.run.mkdir()
-    original = Path(sysconfig.get_paths()["stdlib"]) / "os.py"
-    mode = original.stat().st_mode
-    worker_python.ensure(ctx)
-    secure_home(ctx.paths)
-    # Hard links share their inode: a chmod under data/pydist would change the original.
-    assert original.stat().st_mode == mode
-    assert stat.S_IMODE(worker_python.root(ctx).stat().st_mode) == 0o755
-    nobody = pwd.getpwnam("nobody")
-    result = subprocess.run(
+def _run_as(ctx: Context, account: pwd.struct_passwd) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [str(worker_python.python(ctx)), "-c", "import flowyard, prefect; print('ok')"],
         env={"PATH": "/usr/bin:/bin", "HOME": "/", **worker_python.env(ctx)},
-        user=nobody.pw_uid,
-        group=nobody.pw_gid,
+        user=account.pw_uid,
+        group=account.pw_gid,
         extra_groups=[],
         cwd="/",
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def _check_linked_runtime(ctx: Context) -> None:
+    ctx.paths.data.mkdir(parents=True)
+    ctx.paths.run.mkdir()
+    worker = ensure_system_user(ctx.config.worker.system_user)
+    original = Path(sysconfig.get_paths()["stdlib"]) / "os.py"
+    mode = original.stat().st_mode
+    worker_python.ensure(ctx)
+    secure_home(ctx.paths)
+    # Hard links share their inode: a chmod under data/pydist would change the original.
+    assert original.stat().st_mode == mode
+    # The worker's user reaches it through its group; nobody else enters.
+    root = worker_python.root(ctx).stat()
+    assert stat.S_IMODE(root.st_mode) == 0o750 and root.st_gid == worker.pw_gid
+    with pytest.raises(PermissionError):
+        _run_as(ctx, pwd.getpwnam("nobody"))
+    result = _run_as(ctx, worker)
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
     # Made once per interpreter: a second call changes nothing.
     stamp = (worker_python.root(ctx) / ".source").stat().st_mtime_ns
