@@ -233,11 +233,9 @@ def _up(ctx: Context, progress: Progress, only: Collection[str] | None) -> None:
             started.append(service.name)
             progress(service.name, "preparing")
             if service.prepare:
+                # What it creates (data/seaweedfs, data/mlflow, ...) is owner-only from the
+                # start: `up` runs under umask 077, so no walk of the home is needed here.
                 service.prepare()
-                # What it created (data/seaweedfs, data/mlflow, ...) is owner-only before
-                # anything runs, not only from the next `up`: on a root install the
-                # worker's user passes through data/ (0711) and could list a 0755 directory.
-                secure_home(paths)
             progress(service.name, "starting")
             try:
                 sup.start_process(service.name)
