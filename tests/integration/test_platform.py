@@ -4,6 +4,7 @@ credentials, and `down` leaving nothing running or listening."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import pickle
 import socket
@@ -19,7 +20,7 @@ import psutil
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from websockets.sync.client import connect
+from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
 from flowyard.client.api import auth_header
@@ -148,11 +149,15 @@ def test_wrong_auth_string_gives_a_clear_client_error(platform: Context) -> None
 
 
 def test_every_websocket_route_upgrades_through_proxy(platform: Context) -> None:
+    # websockets' asyncio client, as Prefect's own clients use: its threaded sync client
+    # misses about 1 handshake response in 500 over TLS (python-websockets/websockets#1387;
+    # measured here: 2 of 1,000 through Caddy, against 0 of 1,000 for the asyncio client
+    # and 0 of 750 for a raw TLS socket on the same platform), which is not the platform's.
     ctx = ssl.create_default_context(cafile=str(platform.paths.ca_cert))
     base = platform.config.proxy.url.replace("https://", "wss://")
-    for route in PREFECT_WEBSOCKET_ROUTES:
-        path = route.replace("*", platform.config.worker.pool)
-        with connect(
+
+    async def upgrade(path: str) -> str:
+        async with connect(
             base + path,
             ssl=ctx,
             additional_headers=_auth(platform),
@@ -160,7 +165,11 @@ def test_every_websocket_route_upgrades_through_proxy(platform: Context) -> None
             # Generous: a loaded 2-core CI machine can take seconds to answer a handshake.
             open_timeout=30,
         ) as ws:
-            assert ws.protocol.state.name == "OPEN", route
+            return ws.protocol.state.name
+
+    for route in PREFECT_WEBSOCKET_ROUTES:
+        path = route.replace("*", platform.config.worker.pool)
+        assert asyncio.run(upgrade(path)) == "OPEN", route
 
 
 def test_http_redirects_to_https_keeping_port(platform: Context) -> None:
