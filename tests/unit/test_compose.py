@@ -34,6 +34,7 @@ from flowyard.compose.yaml_emit import MERGE, Alias, Anchor, Tagged, dump
 from flowyard.config.context import Context
 from flowyard.config.model import FlowyardConfig
 from flowyard.config.secrets import Secrets
+from flowyard.platform.registry import build_services
 from flowyard.services import (
     local_worker,
     mlflow,
@@ -635,3 +636,32 @@ def test_worker_images_can_run_the_flowyard_worker_type() -> None:
         text = (DOCKER_DIR / f"{image}.Dockerfile").read_text()
         assert "COPY src /flowyard/src" in text
         assert "--no-deps --no-build-isolation /flowyard" in text
+
+
+def test_every_native_start_dependency_is_a_compose_dependency(
+    dev: dict[str, Any], tmp_path: Path
+) -> None:
+    """`up` starts natively by the services' `after` edges; compose by depends_on. Each
+    native edge must hold in compose too (directly or through another service), or the
+    two would start in different orders."""
+    services = dev["services"]
+
+    def reaches(name: str, target: str, seen: frozenset[str] = frozenset()) -> bool:
+        deps = services.get(name, {}).get("depends_on", {})
+        return target in deps or any(
+            reaches(d, target, seen | {name}) for d in deps if d not in seen
+        )
+
+    def holds(name: str, dep: str) -> bool:
+        # Natively Prefect's migration is the API's prepare step, so "after prefect-api"
+        # also means "migrated"; in compose the init job migrates.
+        migrated = dep == prefect_api.NAME and reaches(name, c.INIT)
+        return reaches(name, dep) or migrated
+
+    missing = [
+        (s.name, dep)
+        for s in build_services(native_context(tmp_path))
+        for dep in (*s.after, *(s.prepare_after or ()))
+        if s.name in services and dep in services and not holds(s.name, dep)
+    ]
+    assert not missing, f"native start edges missing from compose's depends_on: {missing}"

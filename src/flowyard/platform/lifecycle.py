@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from flowyard.config.paths import Paths
 from flowyard.errors import FlowyardError
 from flowyard.files import write_private
 from flowyard.platform.registry import build_services
+from flowyard.platform.startup import Graph
 from flowyard.platform.supervisor import Supervisor
 from flowyard.render.prefect_profile import render_profiles, render_server_profiles
 from flowyard.render.supervisor import render_supervisor_conf
@@ -87,8 +89,9 @@ def check_ports(ctx: Context, services: list[Service]) -> None:
         )
 
 
-def _wait_ready(sup: Supervisor, service: Service, ctx: Context) -> None:
+def _wait_ready(sup: Supervisor, service: Service, ctx: Context, check: Callable[[], None]) -> None:
     def ready() -> bool:
+        check()  # raises once another service's start has failed
         state = sup.info(service.name)["statename"]
         if state in FAILED_STATES:
             raise _service_failed(ctx, service, f"exited ({state})")
@@ -224,36 +227,50 @@ def _up(ctx: Context, progress: Progress, only: Collection[str] | None) -> None:
             if service.user:
                 ensure_system_user(service.user)
         sup.start()
-    started: list[str] = []
+    done = set()
+    for service in targets:
+        if service.name in running and service.ready():
+            progress(service.name, "already running")
+            done.add(service.name)
+    graph = Graph([s for s in targets if s.name not in done], done)
+    lock = threading.Lock()
+
+    def report(name: str, phase: str) -> None:
+        with lock:  # one line at a time from the starting threads
+            progress(name, phase)
+
+    def start(service: Service) -> None:
+        graph.wait_for(
+            service.prepare_after if service.prepare_after is not None else service.after
+        )
+        graph.mark_started(service.name)
+        report(service.name, "preparing")
+        if service.prepare:
+            # What it creates (data/seaweedfs, data/mlflow, ...) is owner-only from the
+            # start: `up` runs under umask 077, so no walk of the home is needed here.
+            service.prepare()
+        graph.wait_for(service.after)
+        report(service.name, "starting")
+        try:
+            sup.start_process(service.name)
+        except Exception as exc:
+            raise _service_failed(ctx, service, f"did not start ({exc})") from exc
+        report(service.name, "waiting until ready")
+        _wait_ready(sup, service, ctx, graph.check)
+        if service.bootstrap:
+            report(service.name, "bootstrapping")
+            for line in service.bootstrap() or []:
+                report(service.name, NOTE + line)
+        report(service.name, "ready")
+
     try:
-        for service in targets:
-            if service.name in running and service.ready():
-                progress(service.name, "already running")
-                continue
-            started.append(service.name)
-            progress(service.name, "preparing")
-            if service.prepare:
-                # What it creates (data/seaweedfs, data/mlflow, ...) is owner-only from the
-                # start: `up` runs under umask 077, so no walk of the home is needed here.
-                service.prepare()
-            progress(service.name, "starting")
-            try:
-                sup.start_process(service.name)
-            except Exception as exc:
-                raise _service_failed(ctx, service, f"did not start ({exc})") from exc
-            progress(service.name, "waiting until ready")
-            _wait_ready(sup, service, ctx)
-            if service.bootstrap:
-                progress(service.name, "bootstrapping")
-                for line in service.bootstrap() or []:
-                    progress(service.name, NOTE + line)
-            progress(service.name, "ready")
+        graph.run(start)
     except BaseException:
         # Leave nothing half-up: a failed start stops everything it started (data is kept).
         if only is None:
             down(ctx, lambda *_: None)
         else:
-            stop_services(ctx, started, lambda *_: None)
+            stop_services(ctx, graph.started, lambda *_: None)
         raise
 
 

@@ -7,6 +7,7 @@ them in order, so there is one definition per service and nothing else starts pr
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import pwd
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from flowyard.config.model import LOOPBACK
 from flowyard.errors import FlowyardError
+from flowyard.files import write_private
 
 
 @dataclass
@@ -39,6 +41,12 @@ class Service:
     stop_wait: int = 20
     # Runs before the process starts (initdb, config files); must be idempotent.
     prepare: Callable[[], None] | None = None
+    # Services that must be ready (bootstrapped) before this one's process starts, and
+    # before its prepare step runs (`prepare_after`, when that needs less). `up` starts
+    # everything else at the same time (`platform.startup`); the catalog lists each
+    # service after its dependencies, and compose's depends_on holds the same edges.
+    after: tuple[str, ...] = ()
+    prepare_after: tuple[str, ...] | None = None
     # Runs once the service is ready (databases, buckets, pools); must be idempotent.
     # May return lines worth showing the user.
     bootstrap: Callable[[], list[str] | None] | None = None
@@ -111,12 +119,35 @@ def ensure_system_user(name: str) -> pwd.struct_passwd:
     return pwd.getpwnam(name)
 
 
-def run_migration(what: str, argv: list[str], env: dict[str, str], timeout: int) -> str | None:
+def schema_state(package: str, revision: str | None) -> str | None:
+    """What a finished migration leaves: the package that migrated and the revision it left
+    (None when the database has no schema yet, so the migration always runs)."""
+    if revision is None:
+        return None
+    return f"{package} {importlib.metadata.version(package)} at {revision}\n"
+
+
+def run_migration(
+    what: str,
+    argv: list[str],
+    env: dict[str, str],
+    timeout: int,
+    schema: Callable[[], str | None],
+    marker: Path,
+) -> str | None:
     """Run a schema migration with a timeout; None when it succeeded, else its output's tail.
 
     Both Prefect's and MLflow's migrations go through here, so a hung one is always stopped
     and named the same way; the caller words the failure, which differs per schema.
+
+    Skipped when `schema()` (the package's version and the database's revision) is what
+    `marker` recorded after the last migration: the migration would change nothing, and
+    starting its interpreter costs several seconds of every `up`. A new package version, a
+    restored or changed database, or no marker yet: it runs.
     """
+    before = schema()
+    if before is not None and marker.exists() and marker.read_text() == before:
+        return None
     try:
         result = subprocess.run(
             argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
@@ -126,6 +157,11 @@ def run_migration(what: str, argv: list[str], env: dict[str, str], timeout: int)
             f"{what} did not finish in {timeout} s.",
             fix="Raise prefect.migration_timeout, or check `flowyard logs postgres` for locks.",
         ) from exc
-    if result.returncode == 0:
-        return None
-    return "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+    if result.returncode != 0:
+        marker.unlink(missing_ok=True)
+        return "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+    after = schema()
+    if after is not None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        write_private(marker, after)
+    return None

@@ -9,6 +9,7 @@ import httpx
 
 from flowyard.config.context import Context
 from flowyard.files import write_private
+from flowyard.services import prefect_api
 from flowyard.services.base import Service, binary
 from flowyard.services.caddyfile import Upstreams, render_caddyfile
 
@@ -68,6 +69,9 @@ def service(ctx: Context) -> Service:
     return Service(
         name=NAME,
         description=f"Caddy HTTPS proxy ({proxy.url})",
+        # Ready means /api/health answers through it, and its bootstrap (the platform's
+        # `apply`) talks to the API through it.
+        after=(prefect_api.NAME,),
         command=[
             binary("caddy"),
             "run",

@@ -25,7 +25,7 @@ from flowyard.client.api import api_client
 from flowyard.client.env import worker_client_env
 from flowyard.config.context import Context
 from flowyard.errors import FlowyardError
-from flowyard.services import worker_python
+from flowyard.services import caddy, worker_python
 from flowyard.services.base import Service, binary, ensure_system_user
 
 NAME = "worker"
@@ -103,8 +103,14 @@ def _check_reachable(ctx: Context, user: pwd.struct_passwd) -> None:
     """The worker's user must be able to run its Python with Flowyard and Prefect (a venv
     under /root is out of its reach) and read the CA certificate; say so now rather than
     as a crash loop."""
-    probe = "import sys, flowyard, prefect; [open(p).close() for p in sys.argv[1:]]"
-    ca = [str(ctx.paths.ca_cert)] if ctx.paths.ca_cert.exists() else []
+    probe = (
+        "import os, sys, flowyard, prefect\n"
+        "for p in sys.argv[1:]: os.listdir(p) if os.path.isdir(p) else open(p).close()"
+    )
+    # This runs while Caddy starts (`prepare_after`): on a first `up` Caddy has not
+    # exported the certificate yet, and reading its directory proves the same access.
+    ca_path = next((p for p in (ctx.paths.ca_cert, ctx.paths.ca_cert.parent) if p.exists()), None)
+    ca = [str(ca_path)] if ca_path else []
     own = _own_python(ctx)
     python = str(worker_python.python(ctx)) if own else sys.executable
     try:
@@ -171,6 +177,10 @@ def service(ctx: Context) -> Service:
     return Service(
         name=NAME,
         description=f"Prefect worker for pool '{cfg.pool}'",
+        # It reaches the API through the proxy, into a pool `apply` made; its preflight
+        # check (prepare) needs neither and runs while the rest starts.
+        after=(caddy.NAME,),
+        prepare_after=(),
         command=command(ctx, worker_name(ctx), str(cfg.effective_concurrency), python),
         env={**env(ctx), **own_home, **(worker_python.env(ctx) if own else {})},
         cwd=home(ctx),

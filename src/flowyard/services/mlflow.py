@@ -26,8 +26,8 @@ from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK
 from flowyard.errors import FlowyardError
 from flowyard.files import write_private
-from flowyard.services import postgres
-from flowyard.services.base import Service, binary, run_migration
+from flowyard.services import postgres, seaweedfs
+from flowyard.services.base import Service, binary, run_migration, schema_state
 
 NAME = "mlflow"
 
@@ -197,6 +197,8 @@ def migrate(ctx: Context) -> None:
         [sys.executable, "-c", _MIGRATE],
         server_env(ctx),
         ctx.config.prefect.migration_timeout,
+        lambda: schema_state("mlflow", postgres.alembic_revision(ctx, "mlflow")),
+        ctx.paths.service_data(NAME) / "schema",
     )
     if tail is not None:
         raise FlowyardError(
@@ -335,6 +337,8 @@ def service(ctx: Context) -> Service:
     return Service(
         name=NAME,
         description=f"MLflow tracking server ({ctx.config.proxy.url}{PREFIX})",
+        # Its own database and the artifacts bucket; it starts while Prefect's API does.
+        after=(postgres.NAME, seaweedfs.NAME),
         command=command(ctx),
         env=server_env(ctx),
         cwd=ctx.paths.service_data("mlflow"),

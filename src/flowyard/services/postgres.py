@@ -230,6 +230,13 @@ def query(ctx: Context, statement: str, database: str = "postgres") -> str:
     return "\n".join("|".join("" if v is None else str(v) for v in row) for row in rows)
 
 
+def alembic_revision(ctx: Context, database: str) -> str | None:
+    """The schema revision Prefect (or MLflow) migrated this database to; None before any."""
+    if not query(ctx, "SELECT to_regclass('public.alembic_version')", database):
+        return None
+    return query(ctx, "SELECT version_num FROM alembic_version", database) or None
+
+
 def ensure_databases(ctx: Context) -> list[str]:
     """Create each platform role and database once; re-sync passwords from the secrets.
 

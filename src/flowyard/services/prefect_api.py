@@ -11,7 +11,7 @@ from flowyard.client.api import local_api_url, local_http, prefect_api_socket
 from flowyard.config.context import Context
 from flowyard.errors import FlowyardError
 from flowyard.services import postgres, redis
-from flowyard.services.base import Service, binary, run_migration
+from flowyard.services.base import Service, binary, run_migration, schema_state
 
 NAME = "prefect-api"
 
@@ -64,6 +64,8 @@ def migrate(ctx: Context) -> None:
         [binary("prefect"), "server", "database", "upgrade", "--yes"],
         server_env(ctx),
         ctx.config.prefect.migration_timeout,
+        lambda: schema_state("prefect", postgres.alembic_revision(ctx, "prefect")),
+        ctx.paths.service_data(NAME) / "schema",
     )
     if tail is not None:
         hint = (
@@ -116,6 +118,8 @@ def service(ctx: Context) -> Service:
     return Service(
         name=NAME,
         description="Prefect API and UI (webserver only)",
+        # Its migration (prepare) needs PostgreSQL's databases; it publishes to Redis.
+        after=(postgres.NAME, redis.NAME),
         command=command(ctx),
         env=env(ctx),
         cwd=ctx.paths.prefect_home,
