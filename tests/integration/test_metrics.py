@@ -4,9 +4,11 @@ metric the dashboard draws; `flowyard db report`; status's run figures."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flowyard.client.api import api_client, auth_header
@@ -100,3 +102,15 @@ def test_db_report_and_status_figures(platform: Context) -> None:
     status = flowyard_cli(platform, "status", "--json")
     runs = json.loads(status.stdout)["runs"]
     assert runs["late_runs"] >= 0 and runs["queues"] and runs["workers"], runs
+
+
+def test_status_shows_the_last_start_and_each_services_memory(platform: Context) -> None:
+    """Issue 16: start time and idle memory visible without the benchmark."""
+    status = json.loads(flowyard_cli(platform, "status", "--json").stdout)
+    last = status["last_start"]
+    assert 0 < last["seconds"] < 600 and last["at"] <= time.time()
+    assert set(last["services"]) == {s["name"] for s in status["services"]}
+    pss = {s["name"]: s["pss_mib"] for s in status["services"]}
+    # Every running service costs something; none is absurd (a unit mix-up would be).
+    assert all(0 < mib < 4096 for mib in pss.values()), pss
+    assert status["pss_mib"] == pytest.approx(sum(pss.values()), abs=1)

@@ -109,17 +109,22 @@ def status(
                 "`flowyard down` stops it, then `flowyard up`"
             )
     figures = lifecycle.run_figures(ctx, rows)
+    last_start = lifecycle.last_start(ctx)
+    pss = [r.pss_mib for r in rows if r.pss_mib is not None]
+    total_pss = round(sum(pss), 1) if pss else None
     if as_json:
         print_json(
             {
                 "url": ctx.config.proxy.url,
                 "services": [r.as_dict() for r in rows],
                 "runs": figures.as_dict() if figures else None,
+                "last_start": last_start,
+                "pss_mib": total_pss,
             }
         )
         return
     table = Table(title=f"Flowyard at {ctx.config.proxy.url}")
-    for col in ("service", "state", "ready", "pid", "uptime", "what"):
+    for col in ("service", "state", "ready", "pid", "uptime", "memory", "what"):
         table.add_column(col)
     for r in rows:
         colour = "green" if r.ready else ("yellow" if r.state == "RUNNING" else "red")
@@ -129,9 +134,15 @@ def status(
             "yes" if r.ready else "no",
             str(r.pid or ""),
             f"{r.uptime_seconds}s" if r.uptime_seconds is not None else "",
+            f"{r.pss_mib:.0f} MiB" if r.pss_mib is not None else "",
             r.description,
         )
     console.print(table)
+    if total_pss is not None:
+        console.print(f"Memory:      {total_pss:.0f} MiB (PSS, every service)")
+    if last_start:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(str(last_start["at"]))))
+        console.print(f"Last start:  {when}, {last_start['seconds']} s")
     if figures:
         _print_figures(figures)
     for r in rows:

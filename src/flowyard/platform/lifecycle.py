@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,8 @@ Progress = Callable[[str, str], None]
 FAILED_STATES = {"FATAL", "EXITED", "BACKOFF", "UNKNOWN"}
 # A progress phase starting with this is a line of information, not a state change.
 NOTE = "· "
+# In run/: when the last `up` that started something ran, how long it took, what it started.
+LAST_START = "last-start.json"
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -189,13 +193,31 @@ def up(ctx: Context, progress: Progress, only: Collection[str] | None = None) ->
     # What `up` and the services' prepare steps create (data dirs, rendered configs) is
     # owner-only, whoever calls this; supervisord gives its programs the same umask.
     old_umask = os.umask(0o077)
+    begun, at = time.monotonic(), time.time()
     try:
-        _up(ctx, progress, only)
+        started = _up(ctx, progress, only)
+        if started:
+            _record_start(ctx, at, time.monotonic() - begun, started)
     finally:
         os.umask(old_umask)
 
 
-def _up(ctx: Context, progress: Progress, only: Collection[str] | None) -> None:
+def _record_start(ctx: Context, at: float, seconds: float, started: list[str]) -> None:
+    """What `status` shows as the last start: users see their start time without a benchmark."""
+    record = {"at": at, "seconds": round(seconds, 2), "services": started}
+    write_private(ctx.paths.run / LAST_START, json.dumps(record))
+
+
+def last_start(ctx: Context) -> dict[str, object] | None:
+    try:
+        record: dict[str, object] = json.loads((ctx.paths.run / LAST_START).read_text())
+    except (OSError, ValueError):
+        return None
+    return record
+
+
+def _up(ctx: Context, progress: Progress, only: Collection[str] | None) -> list[str]:
+    """Start what is not running; returns the services it started."""
     paths = ctx.paths
     _check_home_writable(paths)
     _prepare_dirs(ctx)
@@ -272,6 +294,7 @@ def _up(ctx: Context, progress: Progress, only: Collection[str] | None) -> None:
         else:
             stop_services(ctx, graph.started, lambda *_: None)
         raise
+    return graph.started
 
 
 def stop_services(ctx: Context, names: Collection[str], progress: Progress) -> None:
@@ -327,6 +350,9 @@ class ServiceStatus:
     uptime_seconds: int | None
     ready: bool
     problem: str | None = None
+    # Proportional set size of the service's processes (its children included): what it
+    # costs the machine's memory, shared pages divided among their users.
+    pss_mib: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return self.__dict__.copy()
@@ -349,9 +375,23 @@ def status(ctx: Context) -> list[ServiceStatus]:
                 uptime_seconds=(info["now"] - info["start"]) if info and running else None,
                 ready=running and service.ready(),
                 problem=service.problem() if running and service.problem else None,
+                pss_mib=_pss_mib(info["pid"]) if info and running else None,
             )
         )
     return result
+
+
+def _pss_mib(pid: int) -> float | None:
+    try:
+        proc = psutil.Process(pid)
+        tree = [proc, *proc.children(recursive=True)]
+        total = 0
+        for p in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += p.memory_full_info().pss
+    except (psutil.Error, AttributeError):  # AttributeError: no PSS on this platform
+        return None
+    return round(total / 2**20, 1)
 
 
 def run_figures(ctx: Context, rows: list[ServiceStatus]) -> metrics.PrefectFigures | None:
