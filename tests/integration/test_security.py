@@ -71,15 +71,16 @@ PROBE_CODE = textwrap.dedent(
     def first_bytes(s, http2):
         # gRPC is HTTP/2: its preface and an empty SETTINGS frame make a server answer.
         s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-                  if http2 else b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        return s.recv(64)
+                  if http2 else f"GET /{plan['bucket']} HTTP/1.1\r\nHost: localhost\r\n"
+                                "Connection: close\r\n\r\n".encode())
+        return s.recv(4096)
     out["plain"], out["mtls"] = {}, {}
-    for port in plan["plain"]:
+    for port, http2 in plan["plain"]:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                s.sendall(f"GET /{plan['bucket']} HTTP/1.1\r\nHost: localhost\r\n"
-                          "Connection: close\r\n\r\n".encode())
-                out["plain"][str(port)] = s.recv(4096).decode(errors="replace").split("\r\n")[0]
+                data = first_bytes(s, http2)
+            out["plain"][str(port)] = (f"answered {data[:12]!r}" if http2 and data
+                                       else data.decode(errors="replace").split("\r\n")[0])
         except OSError as exc:
             out["plain"][str(port)] = type(exc).__name__
     tls = ssl.create_default_context()
@@ -198,7 +199,9 @@ def test_another_local_user_gets_nothing_without_a_credential(installed: Context
         "dirs": [str(paths.home), *dirs],
         "sockets": sockets,
         "ports": sorted(ports),
-        "plain": sorted(p for p, owner in ports.items() if owner == "weed"),
+        # Plain HTTP (HTTP/2 for gRPC) to each of the store's ports, then TLS without a
+        # client certificate to those that must require one.
+        "plain": [(store.s3_port, False), *store_ports(ctx, ports)],
         "mtls": store_ports(ctx, ports),
         "https": {
             "api": (proxy.https_port, "/api/admin/version"),
@@ -244,9 +247,10 @@ def test_another_local_user_gets_nothing_without_a_credential(installed: Context
     assert weed_ports <= set(store.port_settings().values()), weed_ports
     assert out["plain"][str(store.s3_port)].split(" ")[1] == "403", out["plain"]
     # Every other port of the store (master, volume, filer, admin; HTTP and gRPC) refuses
-    # a TLS client without the store's certificate, and answers plain HTTP with no data:
-    # Go's TLS servers reply "HTTP/1.0 400" (client sent an HTTP request to an HTTPS
-    # server), a gRPC port closes. weed's plain HTTP servers would reply HTTP/1.1.
+    # a TLS client without the store's certificate, and answers plain requests with no
+    # data: Go's TLS servers reply "HTTP/1.0 400" (client sent an HTTP request to an HTTPS
+    # server), a gRPC port closes. Without TLS, weed's HTTP servers would reply HTTP/1.1
+    # and its gRPC servers would send their HTTP/2 SETTINGS.
     mtls = {str(p) for p, _ in plan["mtls"]}
     assert {store.master_port, store.filer_port, store.volume_port} <= {int(p) for p in mtls}
     answered = {p: r for p, r in out["mtls"].items() if r.startswith("answered")}
@@ -254,7 +258,9 @@ def test_another_local_user_gets_nothing_without_a_credential(installed: Context
     leaked = {
         p: line
         for p, line in out["plain"].items()
-        if p in mtls and line.startswith("HTTP/") and line != "HTTP/1.0 400 Bad Request"
+        if p in mtls
+        and (line.startswith("answered") or line.startswith("HTTP/"))
+        and line != "HTTP/1.0 400 Bad Request"
     }
     assert not leaked, f"object store ports that answer plain HTTP: {leaked}"
 
