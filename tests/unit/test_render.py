@@ -126,3 +126,56 @@ def test_prefect_profile_matches_client_env(ctx: Context) -> None:
     env = platform_client_env(ctx)
     assert profile == {k: v for k, v in env.items() if k.startswith("PREFECT_")}
     assert profile["PREFECT_API_URL"] == "https://localhost:8443/api"
+
+
+def test_seaweedfs_mutual_tls_files(ctx: Context) -> None:
+    """security.toml names a CA and a certificate for every weed server and client; the
+    certificate chains to that CA, names where weed dials itself, and is owner-only; `up`
+    keeps it while it is good and issues a new one when the store's host changes."""
+    import dataclasses
+    import ssl
+    import tomllib
+
+    from cryptography import x509
+
+    from flowyard.compose.view import HOSTS
+    from flowyard.services import seaweedfs
+
+    ctx.paths.run.mkdir(parents=True)
+    seaweedfs.ensure_tls(ctx)
+    files = seaweedfs.tls_files(ctx)
+    conf = tomllib.loads(seaweedfs.render_security_toml(ctx))
+    assert conf["grpc"]["ca"] == str(files["ca"])
+    for name in seaweedfs.GRPC_COMPONENTS:
+        assert conf["grpc"][name] == {"cert": str(files["cert"]), "key": str(files["key"])}
+    # `ca` on an [https.*] server is what makes weed require a client certificate.
+    for name in seaweedfs.HTTPS_COMPONENTS:
+        assert conf["https"][name]["ca"] == str(files["ca"])
+    assert conf["https"]["client"]["enabled"] is True
+    for path in files.values():
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    assert files["ca"].parent.stat().st_mode & 0o077 == 0
+    # A client holding the pair trusts the CA and can present the certificate.
+    seaweedfs.client_tls(ctx)
+    cert = x509.load_pem_x509_certificate(files["cert"].read_bytes())
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(files["ca"].read_bytes()))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "127.0.0.1" in {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+    ssl.create_default_context(cafile=str(files["ca"]))
+
+    before = {k: p.read_bytes() for k, p in files.items()}
+    seaweedfs.ensure_tls(ctx)
+    assert {k: p.read_bytes() for k, p in files.items()} == before
+    moved = dataclasses.replace(ctx, hosts=dataclasses.replace(ctx.hosts, object_store="store.lan"))
+    seaweedfs.ensure_tls(moved)
+    assert files["cert"].read_bytes() != before["cert"]
+    assert files["ca"].read_bytes() != before["ca"]
+    files["key"].write_text("not a key")
+    seaweedfs.ensure_tls(ctx)
+    assert b"PRIVATE KEY" in files["key"].read_bytes()
+
+    # weed reads it natively; containers run without it (the server network is private).
+    assert f"-config_dir={seaweedfs.tls_dir(ctx)}" in seaweedfs.command(ctx)
+    container = dataclasses.replace(ctx, hosts=HOSTS)
+    assert not any(a.startswith("-config_dir") for a in seaweedfs.command(container))
+    assert seaweedfs.master_url(container).startswith("http://")

@@ -192,6 +192,9 @@ def seaweedfs_spec(cx: Contexts) -> Spec:
                 f'mkdir -p {data}/logs {data}/tmp && exec weed "$$@"',
                 "weed",
             ],
+            # The native command less the binary. It has no -config_dir here: natively weed's
+            # ports require mutual TLS (loopback is shared with every local user), in the
+            # stack they are on the private server network only (`seaweedfs.mutual_tls`).
             "command": native.command[1:],
             "environment": native.env,
             "configs": [{"source": "seaweedfs_s3", "target": seaweedfs.s3_config_path(ctx)}],

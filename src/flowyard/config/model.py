@@ -291,11 +291,21 @@ class ObjectStoreConfig(_Section):
         pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
         description="S3 region sent in signatures.",
     )
-    s3_port: StorePort = Field(8333, description="SeaweedFS S3 gateway, loopback only.")
-    master_port: StorePort = Field(9333, description="SeaweedFS master, loopback only.")
-    volume_port: StorePort = Field(9340, description="SeaweedFS volume server, loopback only.")
-    filer_port: StorePort = Field(8888, description="SeaweedFS filer, loopback only.")
-    admin_port: StorePort = Field(23646, description="SeaweedFS admin server, loopback only.")
+    s3_port: StorePort = Field(
+        8333, description="SeaweedFS S3 gateway, loopback only; S3 keys required."
+    )
+    master_port: StorePort = Field(
+        9333, description="SeaweedFS master, loopback only; mutual TLS natively."
+    )
+    volume_port: StorePort = Field(
+        9340, description="SeaweedFS volume server, loopback only; mutual TLS natively."
+    )
+    filer_port: StorePort = Field(
+        8888, description="SeaweedFS filer, loopback only; mutual TLS natively."
+    )
+    admin_port: StorePort = Field(
+        23646, description="SeaweedFS admin server, loopback only; mutual TLS natively."
+    )
     results_bucket: Bucket = Field("flowyard-results", description="Bucket for Prefect results.")
     code_bucket: Bucket = Field("flowyard-code", description="Bucket for deployed flow code.")
     artifacts_bucket: Bucket = Field(
@@ -329,7 +339,8 @@ class ObjectStoreConfig(_Section):
         for name in ("s3_port", "master_port", "volume_port", "filer_port", "admin_port"):
             port = getattr(self, name)
             ports[f"object_store.{name}"] = port
-            # SeaweedFS's convention: each gRPC port is its HTTP port + 10000.
+            # SeaweedFS's convention: each gRPC port is its HTTP port + 10000. Natively
+            # every one but S3's HTTP port requires a client certificate (seaweedfs.py).
             ports[f"object_store.{name} + {GRPC_OFFSET} (gRPC)"] = port + GRPC_OFFSET
         return ports
 

@@ -3,18 +3,38 @@
 `weed mini` runs master, volume, filer and S3 in one process: ready in under a second and
 stops in about two, where `weed server` needs 15 s to restart. Every port is set explicitly
 (mini silently moves a busy port it was not given) and every feature we do not use is off.
+
+weed mini cannot run without its TCP ports: master, volume, filer and S3 each bind an HTTP
+port and a gRPC port (a gRPC port of 0 means "HTTP port + 10000", not "off"), and the admin
+server that mini always starts binds two more; only the S3 gateway and the filer also take a
+Unix socket. Stock weed answers on all of them without any credential, so any local user
+could read or overwrite every bucket through the filer or a volume server. Natively, every
+one of them except the S3 gateway's HTTP port (S3 signatures, keys in secrets.toml) requires
+mutual TLS: `security.toml` (in weed's -config_dir) names a client-certificate CA for each
+component's gRPC and HTTP server and the certificate weed's own internal clients present.
+The CA is private to this one store and made at `up` (`ensure_tls`): its key is never
+written anywhere, so nothing can issue another certificate it trusts.
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import os
+import ssl
 from pathlib import Path
 
 import boto3
 import httpx
+import tomli_w
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from flowyard.client.api import local_http
 from flowyard.config.context import Context
@@ -90,15 +110,174 @@ def local_socket(ctx: Context, name: str) -> str:
     return f"{data_dir(ctx)}/{name}.sock"
 
 
+# weed's components that serve gRPC (each also dials the others with its own section's
+# certificate), and those whose HTTP server can require a client certificate ([https.*]).
+GRPC_COMPONENTS = ("master", "volume", "filer", "s3", "admin", "worker", "client")
+HTTPS_COMPONENTS = ("master", "volume", "filer", "admin")
+# A certificate is renewed at `up` once it has less than this left.
+TLS_RENEW_BEFORE = datetime.timedelta(days=30)
+TLS_VALIDITY = datetime.timedelta(days=3650)
+
+
+def mutual_tls(ctx: Context) -> bool:
+    """Natively, loopback is shared with every local user, so weed's ports require a client
+    certificate. In containers (compose) they are only on the stack's private server
+    network, which no flow container joins, and no port but S3's is published: weed runs
+    without security.toml there, which spares distributing a CA and keys to the image."""
+    return ctx.hosts.use_sockets
+
+
+def tls_dir(ctx: Context) -> Path:
+    """security.toml, the CA certificate, and the one certificate and key weed's servers and
+    internal clients share (weed does not check host names between its own components)."""
+    return ctx.paths.run / "seaweedfs"
+
+
+def tls_files(ctx: Context) -> dict[str, Path]:
+    d = tls_dir(ctx)
+    return {"ca": d / "ca.crt", "cert": d / "seaweedfs.crt", "key": d / "seaweedfs.key"}
+
+
+def _tls_names(ctx: Context) -> list[x509.GeneralName]:
+    """Where weed dials itself (-ip) and where the platform reaches it."""
+    names: list[x509.GeneralName] = []
+    for host in dict.fromkeys([ctx.hosts.object_store, LOOPBACK, "localhost"]):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def _tls_current(ctx: Context) -> bool:
+    """The files exist, belong together, name today's hosts and are not about to expire."""
+    files = tls_files(ctx)
+    try:
+        ca = x509.load_pem_x509_certificate(files["ca"].read_bytes())
+        cert = x509.load_pem_x509_certificate(files["cert"].read_bytes())
+        key = serialization.load_pem_private_key(files["key"].read_bytes(), password=None)
+        cert.verify_directly_issued_by(ca)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
+        return False
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    pem = serialization.Encoding.PEM
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        key.public_key().public_bytes(pem, public) == cert.public_key().public_bytes(pem, public)
+        and set(_tls_names(ctx)) <= set(names)
+        and min(ca.not_valid_after_utc, cert.not_valid_after_utc) - now > TLS_RENEW_BEFORE
+    )
+
+
+def ensure_tls(ctx: Context) -> None:
+    """Issue weed's certificate from a new private CA unless the current one is still good.
+
+    Kept while it is: a `weed` still running keeps trusting what it loaded at its start. The
+    CA's key lives only in this function, so the one certificate it signs is the only one
+    weed will ever accept; renewing means a new CA, which the restart that follows loads.
+    """
+    if _tls_current(ctx):
+        return
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Flowyard SeaweedFS CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + TLS_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "seaweedfs")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + TLS_VALIDITY)
+        .add_extension(x509.SubjectAlternativeName(_tls_names(ctx)), critical=False)
+        # One certificate for both directions: weed's servers and its internal clients.
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = tls_files(ctx)
+    files["key"].parent.mkdir(mode=0o700, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    write_private(
+        files["key"],
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    write_private(files["cert"], cert.public_bytes(pem))
+    write_private(files["ca"], ca.public_bytes(pem))
+
+
+def render_security_toml(ctx: Context) -> str:
+    """weed's security.toml: mutual TLS on every gRPC server and on the master's, volume
+    server's, filer's and admin server's HTTP ([https.*] with `ca` requires a client
+    certificate), and the certificate weed's own HTTP and gRPC clients present. No secret
+    in it: only paths to the owner-only files `ensure_tls` writes."""
+    files = {k: str(v) for k, v in tls_files(ctx).items()}
+    pair = {"cert": files["cert"], "key": files["key"]}
+    grpc: dict[str, object] = {"ca": files["ca"]}
+    grpc.update({name: pair for name in GRPC_COMPONENTS})
+    https: dict[str, object] = {name: {**pair, "ca": files["ca"]} for name in HTTPS_COMPONENTS}
+    https["client"] = {"enabled": True, **pair, "ca": files["ca"]}
+    return tomli_w.dumps({"grpc": grpc, "https": https})
+
+
+def client_tls(ctx: Context) -> ssl.SSLContext:
+    """How the platform itself talks to weed's HTTP ports natively: it checks weed's
+    certificate against the store's CA and presents weed's own client certificate."""
+    files = tls_files(ctx)
+    context = ssl.create_default_context(cafile=str(files["ca"]))
+    context.load_cert_chain(str(files["cert"]), str(files["key"]))
+    return context
+
+
+def master_url(ctx: Context) -> str:
+    scheme = "https" if mutual_tls(ctx) else "http"
+    return f"{scheme}://{LOOPBACK}:{ctx.config.object_store.master_port}"
+
+
 def command(ctx: Context) -> list[str]:
     store, data = ctx.config.object_store, data_dir(ctx)
 
     def ports(role: str, port: int) -> list[str]:
         return [f"-{role}.port={port}", f"-{role}.port.grpc={port + GRPC_OFFSET}"]
 
+    # Global flags go before the subcommand. -config_dir: weed reads security.toml from there
+    # before its working directory, ~/.seaweedfs/ and /etc/seaweedfs/.
+    security = [f"-config_dir={tls_dir(ctx)}"] if mutual_tls(ctx) else []
     return [
         binary("weed"),
-        # Global flags go before the subcommand; without -logdir logs go to /tmp.
+        *security,
+        # Without -logdir logs go to /tmp.
         f"-logdir={data}/logs",
         "-log_max_size_mb=64",
         "-log_max_files=3",
@@ -134,6 +313,9 @@ def prepare(ctx: Context) -> None:
     for sub in ("", "/logs", "/tmp"):
         os.makedirs(data_dir(ctx) + sub, exist_ok=True)
     write_private(Path(s3_config_path(ctx)), render_s3_config(ctx))
+    if mutual_tls(ctx):
+        ensure_tls(ctx)
+        write_private(tls_dir(ctx) / "security.toml", render_security_toml(ctx))
 
 
 def is_ready(ctx: Context) -> bool:
@@ -146,9 +328,11 @@ def is_ready(ctx: Context) -> bool:
                 return False
         # /healthz can answer before the volume server registers; writes then fail for a few
         # seconds, so also wait until the master has free volume slots.
-        topo = httpx.get(f"http://{LOOPBACK}:{store.master_port}/dir/status", timeout=2).json()
+        # Natively the master requires a client certificate: the store's own.
+        verify = client_tls(ctx) if mutual_tls(ctx) else True
+        topo = httpx.get(f"{master_url(ctx)}/dir/status", verify=verify, timeout=2).json()
         return topo["Topology"]["Max"] > 0 and topo["Topology"]["Free"] > 0
-    except (httpx.HTTPError, ValueError, KeyError):
+    except (httpx.HTTPError, ValueError, KeyError, OSError):
         return False
 
 
