@@ -195,9 +195,19 @@ def consistent_snapshots(
             yield {db: _export_snapshot(conn) for db, conn in conns.items()}
             return
         lock_db = barrier[0][0]
-        tables = ", ".join(t for db, t in barrier if db == lock_db)
         snapshots: dict[str, str] = {}
         with postgres.connect(ctx, lock_db) as lock:
+            # A database not migrated yet has no such table and so no links to keep.
+            present = [
+                t
+                for db, t in barrier
+                if db == lock_db
+                and lock.execute("SELECT to_regclass(%s)", (t,)).fetchone() != (None,)
+            ]
+            tables = ", ".join(present)
+            if not present:
+                yield {db: _export_snapshot(conn) for db, conn in conns.items()}
+                return
             for attempt in range(attempts):
                 try:
                     with lock.transaction():
@@ -213,8 +223,8 @@ def consistent_snapshots(
                         raise FlowyardError(
                             f"Could not lock {lock_db}.{tables} for {attempts} x "
                             f"{lock_timeout}: a long transaction is writing to it.",
-                            fix="Find it in pg_stat_activity (`flowyard logs postgres`), let it "
-                            "finish or end it, then run `flowyard backup` again.",
+                            fix="Find it in PostgreSQL's pg_stat_activity view, let it finish "
+                            "or end it, then run `flowyard backup` again.",
                         ) from exc
         yield snapshots
     finally:
