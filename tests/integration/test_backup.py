@@ -10,6 +10,7 @@ their typer functions (a local app), exactly as `flowyard backup|restore|upgrade
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import ssl
 import subprocess
@@ -403,7 +404,12 @@ def test_backup_command_reports_each_step(
     assert result.exit_code == 0, result.output
     for step in ("Database prefect", "Database mlflow", "Bucket flowyard-results", "manifest"):
         assert step in result.output
-    assert "snapshots of prefect, mlflow exported together" in result.output
+    # flat(): rich wraps the note at the terminal's width.
+    held = re.search(r"exportedtogether\(flow-runwritesheld(\d+)ms\)", flat(result.output))
+    assert held, result.output
+    print(f"barrier held {held[1]} ms")
+    # The barrier stops Prefect's flow-run writes only for the two snapshot exports.
+    assert int(held[1]) < 1000, result.output
     mf.verify(target)
 
 

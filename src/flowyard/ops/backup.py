@@ -47,6 +47,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -183,9 +184,10 @@ def consistent_snapshots(
     databases: list[str],
     attempts: int = BARRIER_ATTEMPTS,
     lock_timeout: str = BARRIER_LOCK_TIMEOUT,
+    held: list[float] | None = None,
 ) -> Iterator[dict[str, str]]:
     """Each database's exported snapshot, all taken under the barrier (docstring, 1.);
-    valid until the block ends."""
+    valid until the block ends. `held` gets how long the lock was held, in seconds."""
     conns: dict[str, psycopg.Connection[Any]] = {}
     try:
         for db in databases:
@@ -213,9 +215,12 @@ def consistent_snapshots(
                     with lock.transaction():
                         lock.execute(f"SET LOCAL lock_timeout = '{lock_timeout}'")
                         lock.execute(f"LOCK TABLE {tables} IN SHARE MODE")
+                        locked = time.monotonic()
                         # The locked database's snapshot first, then the others (docstring).
                         for db in sorted(conns, key=lambda d: d != lock_db):
                             snapshots[db] = _export_snapshot(conns[db])
+                    if held is not None:
+                        held.append(time.monotonic() - locked)
                     break
                 except psycopg.errors.LockNotAvailable as exc:
                     # Refused at the LOCK, before any snapshot was exported: just try again.
@@ -263,8 +268,10 @@ def _backup_databases(ctx: Context, root: Path, reporter: Reporter) -> dict[str,
     databases: dict[str, str | None] = {}
     (root / "databases").mkdir(mode=0o700)
     names = existing_databases(ctx)
-    with consistent_snapshots(ctx, names) as snapshots:
-        reporter.note(f"snapshots of {', '.join(names)} exported together")
+    held: list[float] = []
+    with consistent_snapshots(ctx, names, held=held) as snapshots:
+        blocked = f" (flow-run writes held {held[0] * 1000:.0f} ms)" if held else ""
+        reporter.note(f"snapshots of {', '.join(names)} exported together{blocked}")
         for db in names:
             with reporter.task(f"Database {db}") as task:
                 databases[db] = alembic_revision(ctx, db)
