@@ -6,18 +6,21 @@
 ### damaged or incomplete backup is refused, with the reason, before anything is changed.
 ###
 ### Usage:
-###     $ deploy/scripts/restore.sh BACKUP_DIR [--home HOME] [--force] [--check] [--no-up]
+###     $ deploy/scripts/restore.sh BACKUP_DIR [--home HOME] [--force] [--check] [--verify] [--no-up]
 ###
 ### BACKUP_DIR   a directory written by `flowyard backup` (it has manifest.json)
 ### --home       where to restore (default: $FLOWYARD_HOME, else ~/.flowyard; /var/lib/flowyard as root)
 ### --force      replace a non-empty home's config, secrets and data (logs/ and backups/ are kept)
 ### --check      only verify the backup and the target, change nothing
+### --verify     after restoring, start the restored platform, check every deployment's code,
+###              run a check flow to Completed, and stop it, before reporting success
 ### --no-up      restore, but do not run `flowyard up` afterwards
 ### FLOWYARD_BIN selects the flowyard executable (default: the repo's .venv, else PATH).
 ###
 ### Examples:
 ###     $ deploy/scripts/restore.sh /mnt/nas/flowyard-2026-01-31 --check
 ###     $ deploy/scripts/restore.sh /mnt/nas/flowyard-2026-01-31 --home /var/lib/flowyard
+###     $ deploy/scripts/restore.sh /mnt/nas/flowyard-2026-01-31 --home /var/lib/flowyard --verify
 
 set -euo pipefail
 

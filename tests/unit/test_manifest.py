@@ -194,3 +194,29 @@ def test_reporter_marks_failed_tasks() -> None:
     with pytest.raises(RuntimeError), reporter.task("boom"):
         raise RuntimeError
     assert [(t.label, t.completed, t.failed) for t in seen] == [("ok", 3, False), ("boom", 0, True)]
+
+
+def test_same_size_other_bytes_object_is_refused_by_checksum(tmp_path: Path) -> None:
+    """Sizes alone would pass this blob: only its sha256 tells, and the object is named."""
+    root = make_backup(tmp_path)
+    blob = root / mf.blob_path("results", SHA)
+    blob.write_bytes(b"X" * len(OBJECT))
+    assert blob.stat().st_size == len(OBJECT)
+    text = problems(root)
+    assert f"{mf.blob_path('results', SHA)} is damaged (sha256" in text
+    assert "object 'a/b' in bucket results" in text
+    with pytest.raises(FlowyardError, match="Nothing was changed"):
+        mf.verify(root)
+
+
+def test_blob_whose_recorded_checksum_is_not_its_name_is_refused(tmp_path: Path) -> None:
+    """A manifest rewritten to vouch for other bytes under the same blob name."""
+    root = make_backup(tmp_path)
+    blob = root / mf.blob_path("results", SHA)
+    blob.write_bytes(b"Y" * len(OBJECT))
+    manifest = mf.Manifest.from_json((root / mf.MANIFEST).read_text())
+    manifest.files = mf.scan(root)
+    mf.write_manifest(root, manifest)
+    assert "bucket results: 'a/b' is damaged (sha256 differs from the object index)" in (
+        problems(root)
+    )

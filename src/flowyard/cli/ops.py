@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.progress import (
@@ -19,11 +20,13 @@ from rich.progress import (
 )
 
 from flowyard.cli._common import HomeOption, console, handle_errors, resolve_home
-from flowyard.config.context import load_context
+from flowyard.config.context import Context, load_context
 from flowyard.config.paths import default_home
 from flowyard.errors import FlowyardError
 from flowyard.ops.progress import Reporter, Task
 from flowyard.platform.lock import home_lock, lock_path
+
+CHECK_PROJECT = Path(__file__).resolve().parents[1] / "projects" / "check"
 
 
 class RichReporter(Reporter):
@@ -98,6 +101,12 @@ def restore(
     check: bool = typer.Option(
         False, "--check", help="Only verify the backup and the target; change nothing."
     ),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Then start the restored platform, check every deployment's code and run a "
+        "check flow to Completed, and stop it again.",
+    ),
 ) -> None:
     """Restore a backup into a fresh FLOWYARD_HOME; then `flowyard up`."""
     from flowyard.ops import restore as ops_restore
@@ -123,7 +132,7 @@ def restore(
         ) from exc
     try:
         with home_lock(target, "restore"), _progress() as progress:
-            ops_restore.restore(backup, target, force, RichReporter(progress))
+            ctx = ops_restore.restore(backup, target, force, RichReporter(progress))
     except BaseException:
         if created:
             # Refused before anything was restored: leave no trace of the attempt.
@@ -131,8 +140,30 @@ def restore(
             with contextlib.suppress(OSError):
                 target.rmdir()
         raise
-    console.print(f"\n[bold green]Restored[/] in {time.monotonic() - started:.1f} s.")
+    if verify:
+        with home_lock(target, "restore --verify"), _progress() as progress:
+            run = verify_restored(ctx, RichReporter(progress))
+        console.print(
+            f"\n[bold green]Restored and verified[/] in {time.monotonic() - started:.1f} s: "
+            f"every deployment's code is present, check run {run.get('name')} Completed."
+        )
+    else:
+        console.print(f"\n[bold green]Restored[/] in {time.monotonic() - started:.1f} s.")
     console.print(f"  Next: [bold]flowyard up --home {target}[/]")
+
+
+def verify_restored(ctx: Context, reporter: Reporter) -> dict[str, Any]:
+    """`restore --verify`: the platform's check flow is deployed like any project (code by
+    content into the code bucket) onto the local worker's pool, run, and removed."""
+    from flowyard.ops.verify import verify as verify_platform
+    from flowyard.projects.api import deploy_project
+
+    def deploy_check() -> str:
+        pool = ctx.config.pool
+        deployed = deploy_project(ctx, CHECK_PROJECT, pool.name, pool.queues[0].name)
+        return str(deployed[0]["name"])
+
+    return verify_platform(ctx, deploy_check, reporter)
 
 
 @handle_errors

@@ -1,9 +1,41 @@
 """`flowyard backup`: a consistent, verifiable copy of a running platform.
 
-Order matters for consistency. Each database is dumped from one snapshot (pg_dump), and the
-databases go first: Prefect writes a result to S3 before it records the state that points at
-it, so every object the dumps reference already exists when the buckets are copied next.
-Objects written after the dumps are copied too; they are harmless extras on restore.
+What differs from dumping each database in turn, and why the copy is one consistent moment:
+
+1. **Both databases from snapshots taken together.** Prefect's and MLflow's databases live on
+   one PostgreSQL server, but a snapshot belongs to one database (`SET TRANSACTION SNAPSHOT`
+   cannot cross databases), so one snapshot cannot cover both. Instead each database gets a
+   REPEATABLE READ, READ ONLY transaction that exports its snapshot (`pg_export_snapshot()`)
+   and stays open while `pg_dump --snapshot` dumps exactly that snapshot, however long the
+   dump takes. The two snapshots are exported back to back, Prefect's first, while a short
+   lock (SHARE on Prefect's `flow_run`, held only for the two exports, milliseconds) stops
+   flow runs from being created or changing state. The links between the two databases are
+   what must not dangle after a restore, and each is written after what it points to:
+   - MLflow -> Prefect (a tracked run's `prefect.flow_run_id` tag): the MLflow run is created
+     from inside a running flow run, so the flow run was created, and set Running, before it.
+     While the lock is held no flow run can be created or start, so a flow run that an MLflow
+     run in MLflow's snapshot names was committed before the lock, hence is in Prefect's.
+   - Prefect -> MLflow (a flow run's `mlflow-run:` tag and `mlflow-run` artifact): written
+     after the MLflow run exists; anything in Prefect's snapshot was committed before it was
+     exported, and MLflow's is exported later, so the MLflow run is in MLflow's.
+   Dumping the databases one after the other, as before, left minutes between them in which
+   both kinds of link could be made half-way.
+2. **Databases, then buckets.** Everything a database row points to in the object store is
+   written before the row: Prefect writes a result before the state that names it, MLflow
+   clients upload an artifact under a run that already exists, and `flowyard deploy` uploads
+   a project's code before it registers the deployments that pull it. So every object the
+   snapshots reference exists when the buckets are copied next. The other order would lose
+   code deployed between the bucket copy and the dumps.
+3. **Flow code stored by content** (`flowyard.client.code_store`): a deployment pulls an
+   immutable `<folder>@sha256-<digest>` folder, never overwritten, so the code a deployment in
+   the dump names is the code in the backup, even if a redeploy runs during the backup (it
+   writes a new folder; its deployment update is not in the snapshot, or its folder is).
+   Deployments made before content folders pull a fixed folder that a redeploy used to
+   overwrite: for those the backup holds whatever that folder held when it was copied.
+
+Objects written after the snapshots are copied too; they are harmless extras on restore.
+Every file and object is recorded with its sha256 in the manifest (`manifest`), and restore
+checks them before it changes anything.
 """
 
 from __future__ import annotations
@@ -15,12 +47,14 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from botocore.exceptions import ClientError
 
 import flowyard
@@ -128,7 +162,82 @@ def _disk_errors(target: Path) -> Iterator[None]:
         raise
 
 
-def _dump(ctx: Context, database: str, out: Path) -> None:
+# Waiting longer for the barrier lock would stall Prefect's writers queued behind it.
+BARRIER_LOCK_TIMEOUT = "5s"
+BARRIER_ATTEMPTS = 6
+# The tables whose writes the barrier holds back while the snapshots are exported (see 1.).
+BARRIER_TABLES = {"prefect": ("flow_run",)}
+
+
+def _export_snapshot(conn: psycopg.Connection[Any]) -> str:
+    """Open a REPEATABLE READ transaction on `conn` and export its snapshot; the transaction
+    (and so the snapshot) lives until `conn` is closed."""
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+@contextmanager
+def consistent_snapshots(
+    ctx: Context,
+    databases: list[str],
+    attempts: int = BARRIER_ATTEMPTS,
+    lock_timeout: str = BARRIER_LOCK_TIMEOUT,
+    held: list[float] | None = None,
+) -> Iterator[dict[str, str]]:
+    """Each database's exported snapshot, all taken under the barrier (docstring, 1.);
+    valid until the block ends. `held` gets how long the lock was held, in seconds."""
+    conns: dict[str, psycopg.Connection[Any]] = {}
+    try:
+        for db in databases:
+            conns[db] = postgres.connect(ctx, db)
+        barrier = [(db, t) for db in databases for t in BARRIER_TABLES.get(db, ())]
+        if len(databases) < 2 or not barrier:
+            yield {db: _export_snapshot(conn) for db, conn in conns.items()}
+            return
+        lock_db = barrier[0][0]
+        snapshots: dict[str, str] = {}
+        with postgres.connect(ctx, lock_db) as lock:
+            # A database not migrated yet has no such table and so no links to keep.
+            present = [
+                t
+                for db, t in barrier
+                if db == lock_db
+                and lock.execute("SELECT to_regclass(%s)", (t,)).fetchone() != (None,)
+            ]
+            tables = ", ".join(present)
+            if not present:
+                yield {db: _export_snapshot(conn) for db, conn in conns.items()}
+                return
+            for attempt in range(attempts):
+                try:
+                    with lock.transaction():
+                        lock.execute(f"SET LOCAL lock_timeout = '{lock_timeout}'")
+                        lock.execute(f"LOCK TABLE {tables} IN SHARE MODE")
+                        locked = time.monotonic()
+                        # The locked database's snapshot first, then the others (docstring).
+                        for db in sorted(conns, key=lambda d: d != lock_db):
+                            snapshots[db] = _export_snapshot(conns[db])
+                    if held is not None:
+                        held.append(time.monotonic() - locked)
+                    break
+                except psycopg.errors.LockNotAvailable as exc:
+                    # Refused at the LOCK, before any snapshot was exported: just try again.
+                    if attempt == attempts - 1:
+                        raise FlowyardError(
+                            f"Could not lock {lock_db}.{tables} for {attempts} x "
+                            f"{lock_timeout}: a long transaction is writing to it.",
+                            fix="Find it in PostgreSQL's pg_stat_activity view, let it finish "
+                            "or end it, then run `flowyard backup` again.",
+                        ) from exc
+        yield snapshots
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+
+def _dump(ctx: Context, database: str, out: Path, snapshot: str | None = None) -> None:
     env = {**os.environ, "PGPASSWORD": ctx.secrets.postgres_superuser_password.get_secret_value()}
     # -Fc: compressed, and pg_restore can restore it selectively and in parallel.
     cmd = [
@@ -136,6 +245,7 @@ def _dump(ctx: Context, database: str, out: Path) -> None:
         *postgres.client_args(ctx),
         *("-U", postgres.SUPERUSER),
         *("-d", database, "-Fc", "-w", "-f", str(out)),
+        *([f"--snapshot={snapshot}"] if snapshot else []),
     ]
     try:
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=DUMP_TIMEOUT)
@@ -157,12 +267,17 @@ def _dump(ctx: Context, database: str, out: Path) -> None:
 def _backup_databases(ctx: Context, root: Path, reporter: Reporter) -> dict[str, str | None]:
     databases: dict[str, str | None] = {}
     (root / "databases").mkdir(mode=0o700)
-    for db in existing_databases(ctx):
-        with reporter.task(f"Database {db}") as task:
-            databases[db] = alembic_revision(ctx, db)
-            out = root / mf.dump_path(db)
-            _dump(ctx, db, out)
-            task.summary = f"{out.stat().st_size / 1e6:.1f} MB dump"
+    names = existing_databases(ctx)
+    held: list[float] = []
+    with consistent_snapshots(ctx, names, held=held) as snapshots:
+        blocked = f" (flow-run writes held {held[0] * 1000:.0f} ms)" if held else ""
+        reporter.note(f"snapshots of {', '.join(names)} exported together{blocked}")
+        for db in names:
+            with reporter.task(f"Database {db}") as task:
+                databases[db] = alembic_revision(ctx, db)
+                out = root / mf.dump_path(db)
+                _dump(ctx, db, out, snapshots[db])
+                task.summary = f"{out.stat().st_size / 1e6:.1f} MB dump"
     return databases
 
 

@@ -175,6 +175,28 @@ def _check_indexes(root: Path, manifest: Manifest, problems: list[str]) -> None:
                 problems.append(f"bucket {bucket}: the contents of {obj.get('key')!r} are missing")
             elif entry.size != obj.get("size"):
                 problems.append(f"bucket {bucket}: {obj.get('key')!r} has the wrong size")
+            elif entry.sha256 != digest:
+                # The blob is named by the object's checksum; its recorded contents must match.
+                problems.append(
+                    f"bucket {bucket}: {obj.get('key')!r} is damaged (sha256 differs from the "
+                    "object index)"
+                )
+
+
+def _blob_objects(root: Path, manifest: Manifest) -> dict[str, str]:
+    """Each blob's path -> the object(s) it holds, so a damaged blob is named by its key."""
+    named: dict[str, str] = {}
+    for bucket in manifest.buckets:
+        if index_path(bucket) not in manifest.files:
+            continue  # reported as missing; and only paths the manifest vouches for are read
+        try:
+            objects = json.loads((root / index_path(bucket)).read_text())["objects"]
+            for obj in objects:
+                rel = blob_path(bucket, str(obj["sha256"]))
+                named.setdefault(rel, f"object {obj['key']!r} in bucket {bucket}")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # reported by _check_indexes
+    return named
 
 
 def find_problems(root: Path) -> tuple[Manifest | None, list[str]]:
@@ -198,16 +220,20 @@ def find_problems(root: Path) -> tuple[Manifest | None, list[str]]:
     for rel in _required(manifest):
         if rel not in manifest.files:
             problems.append(f"{rel} is not in the manifest")
+    objects = _blob_objects(root, manifest)
     for rel, entry in manifest.files.items():
         path = root / rel
+        # A blob's path is its checksum: name the object it holds as well.
+        holds = f" ({objects[rel]})" if rel in objects else ""
         if path.is_symlink():
             problems.append(f"{rel} is a symbolic link; a backup holds only regular files")
         elif not path.is_file():
-            problems.append(f"{rel} is missing")
+            problems.append(f"{rel} is missing{holds}")
         elif path.stat().st_size != entry.size:
-            problems.append(f"{rel} has {path.stat().st_size} bytes, expected {entry.size}")
+            problems.append(f"{rel} has {path.stat().st_size} bytes, expected {entry.size}{holds}")
         elif sha256_file(path) != entry.sha256:
-            problems.append(f"{rel} is damaged (sha256 differs from the manifest)")
+            # Every file is hashed, not only sized: same size and other bytes is refused here.
+            problems.append(f"{rel} is damaged (sha256 differs from the manifest){holds}")
         if len(problems) >= MAX_PROBLEMS:
             return manifest, problems
     on_disk = {

@@ -1,7 +1,10 @@
 """`flowyard restore`: a backup into a fresh FLOWYARD_HOME, checked before anything changes.
 
-Everything that can refuse the restore (checksums, completeness, versions, the restored
-configuration, free ports, the target home) runs first; only then is the home written. The
+Everything that can refuse the restore (every file's and object's sha256 against the
+manifest, completeness, versions, the restored configuration, free ports, the target home)
+runs first; only then is the home written. After the buckets are restored every object is
+read back and hashed again, so what the store now serves is what was backed up.
+`--verify` then starts the restored platform and proves it runs flows (`flowyard.ops.verify`). The
 databases go into a fresh cluster (initdb with the restored superuser password), and the
 CA is restored byte for byte, so certificates Caddy issues after `flowyard up` chain to the
 root that clients already trust.
@@ -9,6 +12,7 @@ root that clients already trust.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +22,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from flowyard.config.context import Context
@@ -216,7 +221,8 @@ def _restore_bucket(ctx: Context, backup: Path, bucket: str, reporter: Reporter)
     index: dict[str, Any] = json.loads((backup / mf.index_path(bucket)).read_text())
     objects = index["objects"]
     client: Any = seaweedfs.s3_client(ctx)
-    with reporter.task(f"Bucket {bucket}", total=sum(o["size"] for o in objects)) as task:
+    total = sum(o["size"] for o in objects)
+    with reporter.task(f"Bucket {bucket}", total=total) as task:
         for obj in objects:
             extra: dict[str, Any] = {"Metadata": obj.get("metadata") or {}}
             if obj.get("content_type"):
@@ -224,16 +230,32 @@ def _restore_bucket(ctx: Context, backup: Path, bucket: str, reporter: Reporter)
             blob = backup / mf.blob_path(bucket, obj["sha256"])
             client.upload_file(str(blob), bucket, obj["key"], ExtraArgs=extra)
             task.advance(obj["size"])
-        # Read back what the store now holds: every key, at its size.
-        stored: dict[str, int] = {}
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            stored.update({o["Key"]: int(o["Size"]) for o in page.get("Contents", [])})
-        wrong = [o["key"] for o in objects if stored.get(o["key"]) != o["size"]]
+        task.summary = f"{len(objects)} objects"
+    with reporter.task(f"Bucket {bucket}: checksums read back", total=total) as task:
+        # Read back what the store now holds: every key, its bytes hashed, not only sized.
+        wrong = []
+        for obj in objects:
+            try:
+                digest = _stored_sha256(client, bucket, obj["key"])
+            except ClientError as exc:
+                digest = f"unreadable ({exc.response.get('Error', {}).get('Code')})"
+            if digest != obj["sha256"]:
+                wrong.append(f"{obj['key']!r}: {digest}")
+            task.advance(obj["size"])
         if wrong:
             raise FlowyardError(
-                f"Bucket {bucket}: {len(wrong)} objects did not restore: {wrong[:3]}"
+                f"Bucket {bucket}: {len(wrong)} objects did not restore intact (sha256 "
+                f"expected from the backup's index, got): {', '.join(wrong[:3])}",
+                fix="Check `flowyard logs seaweedfs` and the disk under data/.",
             )
-        task.summary = f"{len(objects)} objects"
+        task.summary = f"{len(objects)} objects, sha256 match"
+
+
+def _stored_sha256(client: Any, bucket: str, key: str) -> str:
+    digest = hashlib.sha256()
+    for chunk in client.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def restore(

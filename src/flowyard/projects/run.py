@@ -2,7 +2,9 @@
 
 Order matters for "nothing half-made": validate everything, then `prefect deploy` (push code
 to S3, register), then prove every deployment's code can be fetched the way a worker will;
-deployments whose code cannot be fetched are deleted again.
+deployments whose code cannot be fetched are deleted again. Code goes to a folder named by its
+content (`flowyard.projects.code`), uploaded before the deployment that points at it is
+registered: a deployment never names code that is not (yet) in the bucket.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.deployments.steps.core import run_steps
 
+from flowyard.projects.code import content_addressed
 from flowyard.projects.project import DeploymentSpec, load_project
 from flowyard.projects.validate import problems
 
@@ -71,7 +74,7 @@ def with_overrides(root: Path, overrides: dict[str, str | None]) -> dict[str, An
         if overrides.get("queue"):
             pool["work_queue_name"] = overrides["queue"]
         raw["work_pool"] = pool
-    return data
+    return content_addressed(data)
 
 
 def main() -> None:
@@ -91,8 +94,8 @@ def main() -> None:
         from prefect.flows import load_flow_from_entrypoint
 
         flow_names[spec.name] = load_flow_from_entrypoint(str(root / spec.entrypoint)).name
-    # `prefect deploy --all` ignores --pool/--work-queue, so overrides go into a copy of
-    # prefect.yaml (outside the project, so the push step does not upload it).
+    # `prefect deploy --all` ignores --pool/--work-queue, so overrides (and the content-addressed
+    # push step) go into a copy of prefect.yaml, outside the project so it is not uploaded.
     with tempfile.TemporaryDirectory() as scratch:
         prefect_file = Path(scratch) / "prefect.yaml"
         prefect_file.write_text(yaml.safe_dump(with_overrides(root, overrides)))
