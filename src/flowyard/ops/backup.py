@@ -96,13 +96,6 @@ def installed_versions() -> dict[str, str]:
     return versions
 
 
-def alembic_revision(ctx: Context, database: str) -> str | None:
-    """The schema revision Prefect (or MLflow) migrated this database to."""
-    if not postgres.query(ctx, "SELECT to_regclass('public.alembic_version')", database):
-        return None
-    return postgres.query(ctx, "SELECT version_num FROM alembic_version", database) or None
-
-
 def existing_databases(ctx: Context) -> list[str]:
     names = postgres.query(ctx, "SELECT datname FROM pg_database").splitlines()
     return [db for db in postgres.DATABASES if db in names]
@@ -274,7 +267,7 @@ def _backup_databases(ctx: Context, root: Path, reporter: Reporter) -> dict[str,
         reporter.note(f"snapshots of {', '.join(names)} exported together{blocked}")
         for db in names:
             with reporter.task(f"Database {db}") as task:
-                databases[db] = alembic_revision(ctx, db)
+                databases[db] = postgres.alembic_revision(ctx, db)
                 out = root / mf.dump_path(db)
                 _dump(ctx, db, out, snapshots[db])
                 task.summary = f"{out.stat().st_size / 1e6:.1f} MB dump"

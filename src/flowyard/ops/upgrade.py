@@ -22,11 +22,11 @@ from flowyard.client.api import api_client
 from flowyard.config.context import Context
 from flowyard.errors import FlowyardError
 from flowyard.ops import manifest as mf
-from flowyard.ops.backup import alembic_revision, backup
+from flowyard.ops.backup import backup
 from flowyard.ops.progress import Reporter
 from flowyard.platform import lifecycle
 from flowyard.platform.registry import build_services
-from flowyard.services import prefect_api
+from flowyard.services import postgres, prefect_api
 
 STATE_FILE = "upgrade-paused-schedules.json"
 
@@ -122,7 +122,7 @@ def check(ctx: Context) -> Plan:
             fix="Reinstall Flowyard (`pip install -e .`); its Prefect installation is damaged.",
         )
     head = tips[0]
-    current = alembic_revision(ctx, "prefect")
+    current = postgres.alembic_revision(ctx, "prefect")
     installed = importlib.metadata.version("prefect")
     if current is not None and current not in graph:
         known = _backups_at(ctx, current)
@@ -265,7 +265,7 @@ def upgrade(
     return Outcome(
         backup=saved,
         before=plan.current,
-        after=alembic_revision(ctx, "prefect"),
+        after=postgres.alembic_revision(ctx, "prefect"),
         migrations=len(plan.pending),
         resumed=resumed,
     )
