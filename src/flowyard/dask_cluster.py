@@ -55,9 +55,25 @@ class PlatformDaskTaskRunner(DaskTaskRunner):  # type: ignore[misc]
 
     def __enter__(self) -> PlatformDaskTaskRunner:
         if self.address is None:
-            self.address = scheduler_address()
+            address = os.environ.get(ADDRESS_VAR)
+            if address:
+                self.address = address
+            elif not _in_dask_worker():
+                # On a Dask worker Prefect re-enters the flow's runner around each task;
+                # DaskTaskRunner then finds the worker's own client, as it should.
+                scheduler_address()
         super().__enter__()
         return self
+
+
+def _in_dask_worker() -> bool:
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
 
 
 def task_runner(**client_kwargs: Any) -> PlatformDaskTaskRunner:

@@ -431,7 +431,7 @@ class DaskConfig(_Section):
     enabled: bool = Field(
         False,
         description="Run a Dask scheduler and local Dask workers (off by default: they idle at "
-        "about 230 MB and open one more public port; docs/scaling.md).",
+        "about 180 MB with one worker and add a public port; docs/scaling.md).",
     )
     https_port: Port = Field(
         8786,
