@@ -47,7 +47,7 @@ def scheduler_address() -> str:
     return address
 
 
-class PlatformDaskTaskRunner(DaskTaskRunner):  # type: ignore[misc]
+class PlatformDaskTaskRunner(DaskTaskRunner):
     """DaskTaskRunner whose address, when not given, is the platform's, read when the
     runner starts (a flow run), not at import: a module declaring
     `@flow(task_runner=task_runner())` still imports where there is no cluster (tests,
@@ -105,7 +105,7 @@ def _bind_websocket_listeners_to_their_host() -> None:
     from tornado import web
     from tornado.httpserver import HTTPServer
 
-    class BoundWSSListener(WSSListener):  # type: ignore[misc]
+    class BoundWSSListener(WSSListener):
         async def start(self) -> None:
             node = getattr(self.handler, "__self__", None)
             shared = getattr(node, "http_server", None)
@@ -124,7 +124,7 @@ def _bind_websocket_listeners_to_their_host() -> None:
             )
             self.server.listen(self.port, address=self.ip or None)
 
-    class BoundWSSBackend(WSSBackend):  # type: ignore[misc]
+    class BoundWSSBackend(WSSBackend):
         _listener_class = BoundWSSListener
 
     backends["wss"] = BoundWSSBackend()

@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,19 +23,19 @@ from typing import Any
 import psutil
 import pytest
 
-from flowyard.client.env import DASK_TLS_KEYS
+from flowyard.client.env import DASK_TLS_KEYS, child_env
 from flowyard.config.context import Context
 from flowyard.services import dask as dask_service
-from flowyard.services.seaweedfs import s3_client
 from flowyard.testing import platform_pids, running_platform
 from flowyard.waiting import wait_until
-from tests.integration.conftest import flowyard_cli, run_client
+from tests.integration.conftest import flowyard_cli
 from tests.integration.netns import RemoteHost, remote_host
 from tests.integration.runs import create_run, deploy, wait_state
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LOCAL_WORKERS = 2
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +69,28 @@ def local_names(ctx: Context) -> set[str]:
 
 
 def run_result(ctx: Context, run: dict[str, Any]) -> Any:
-    """A Completed run's JSON result, read back from the results bucket."""
-    key = run["state"]["data"]["storage_key"]
-    body = s3_client(ctx).get_object(  # type: ignore[attr-defined]
-        Bucket=ctx.config.object_store.results_bucket, Key=key
-    )["Body"]
-    return json.loads(body.read())["result"]
+    """A Completed run's result, read back by a Prefect client from the results bucket."""
+    code = f"""
+        import json
+        from prefect.client.orchestration import get_client
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run("{run["id"]}").state
+        print(json.dumps(state.result()))
+        """
+    return dask_client(ctx, code, {})
+
+
+def dask_client(ctx: Context, code: str, env: dict[str, str]) -> Any:
+    """`run_client` with `env` (what `flowyard env` printed) over the platform's."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=child_env(ctx, **env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def env_output(ctx: Context) -> dict[str, str]:
@@ -92,7 +109,7 @@ def test_flowyard_env_makes_a_plain_client_connect_through_the_proxy(cluster: Co
         # The key is a credential: owner-only, like every secret.
         assert os.stat(env[DASK_TLS_KEYS[key]]).st_mode & 0o077 == 0
     # Nothing but `flowyard env`'s output: no argument to Client().
-    got = run_client(
+    got = dask_client(
         cluster,
         """
         import json, distributed
@@ -101,7 +118,7 @@ def test_flowyard_env_makes_a_plain_client_connect_through_the_proxy(cluster: Co
             total = sum(c.gather(c.map(lambda x: x * x, range(20))))
             print(json.dumps({"address": c.scheduler.address, "names": names, "total": total}))
         """,
-        **env,
+        env,
     )
     assert got["address"] == env["DASK_SCHEDULER_ADDRESS"]
     assert set(got["names"]) == local_names(cluster)
@@ -117,7 +134,7 @@ def test_no_client_certificate_no_connection(cluster: Context, tmp_path: Path) -
     (tmp_path / "c.key").write_bytes(key)
     env[DASK_TLS_KEYS["client_cert"]] = str(tmp_path / "c.crt")
     env[DASK_TLS_KEYS["client_key"]] = str(tmp_path / "c.key")
-    refused = run_client(
+    refused = dask_client(
         cluster,
         """
         import json, distributed
@@ -127,7 +144,7 @@ def test_no_client_certificate_no_connection(cluster: Context, tmp_path: Path) -
         except Exception as exc:
             print(json.dumps(type(exc).__name__ + ": " + str(exc)[:300]))
         """,
-        **env,
+        env,
     )
     assert refused != "connected"
     # The same at the TLS layer, for the proxy's port and the scheduler's own: a TLS client
@@ -218,9 +235,10 @@ print("refused")
 """
     if os.geteuid() != 0:
         pytest.skip("needs root to run as nobody")
+    # The system's own Python (the project's venv may sit where nobody cannot read), as
+    # tests/integration/test_security.py runs its probe.
     result = subprocess.run(
-        [sys.executable, "-c", probe],
-        user="nobody",
+        [*AS_NOBODY, "/usr/bin/python3", "-c", probe],
         capture_output=True,
         text=True,
         timeout=60,

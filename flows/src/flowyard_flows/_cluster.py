@@ -9,11 +9,13 @@ sets it on platforms with dask.enabled), prefect-dask's own runner otherwise.
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from prefect.task_runners import TaskRunner
 from prefect_dask import DaskTaskRunner
 
 
-def cluster_runner() -> DaskTaskRunner:
+def cluster_runner() -> TaskRunner[Any]:
     if os.environ.get("DASK_SCHEDULER_ADDRESS"):
         try:
             from flowyard.dask_cluster import task_runner
