@@ -178,3 +178,12 @@ def test_task_runner_needs_the_platform_address(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(NoClusterError, match=r"dask\.enabled"):
         runner.__enter__()
     assert task_runner().duplicate().__class__ is runner.__class__
+
+
+def test_containers_run_no_dask_cluster(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    ctx = platform(tmp_path)
+    containers = replace(ctx, hosts=replace(ctx.hosts, use_sockets=False))
+    assert not any(s.name.startswith("dask") for s in catalog.services(containers))
+    assert Upstreams.from_context(containers).dask is None
