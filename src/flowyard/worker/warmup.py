@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-
 # Integrations whose import starts a thread, so the zygote must not import them: prefect-dask
 # imports distributed, which imports numpy, whose OpenBLAS starts its thread pool at import.
 # Neither registers a block or worker type a run needs; flows that use it import it.
