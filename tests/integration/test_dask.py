@@ -25,6 +25,7 @@ import pytest
 
 from flowyard.client.env import DASK_TLS_KEYS, child_env
 from flowyard.config.context import Context
+from flowyard.errors import FlowyardError
 from flowyard.services import dask as dask_service
 from flowyard.testing import platform_pids, running_platform
 from flowyard.waiting import wait_until
@@ -48,13 +49,20 @@ def remote() -> Iterator[RemoteHost | None]:
 def cluster(homes: Callable[[str], Path], remote: RemoteHost | None) -> Iterator[Context]:
     # With a second host, Caddy listens on the link to it (and only there).
     proxy = {"host": remote.host_ip, "bind": remote.host_ip} if remote else {}
-    with running_platform(
-        homes("dask"),
-        proxy=proxy,
-        mlflow={"enabled": True},
-        dask={"enabled": True, "workers": LOCAL_WORKERS, "threads": 1},
-    ) as ctx:
-        yield ctx
+    home = homes("dask")
+    try:
+        with running_platform(
+            home,
+            proxy=proxy,
+            mlflow={"enabled": True},
+            dask={"enabled": True, "workers": LOCAL_WORKERS, "threads": 1},
+        ) as ctx:
+            yield ctx
+    except FlowyardError:
+        # The error quotes a log's last lines; a Dask traceback's cause is further up.
+        for log in sorted((home / "logs").glob("dask-*.log")):
+            print(f"== {log.name}\n{log.read_text()[-8000:]}")
+        raise
 
 
 @pytest.fixture(scope="module")
