@@ -236,5 +236,6 @@ def load_collections_except(skipped: frozenset[str]) -> list[str]:
     collections = importlib.import_module(COLLECTIONS_MODULE)
     found = list(entry_points(group="prefect.collections"))
     kept = [ep for ep in found if (ep.name or ep.value) not in skipped]
-    collections._collections = collections.safe_load_entrypoints(EntryPoints(kept))
+    loaded = collections.safe_load_entrypoints(EntryPoints(kept))
+    setattr(collections, "_collections", loaded)  # noqa: B010 - Prefect's module-level cache
     return [ep.name for ep in found if ep not in kept]
