@@ -13,7 +13,8 @@ no plumbing of its own:
 It is a leaf like `flowyard.tracking` (flows import it on machines that have only the
 client), so it reads nothing of the platform's config.
 
-`dask_setup` is the `--preload` of the platform's Dask workers (local and joined): it closes
+`dask_setup` is the `--preload` of the platform's Dask workers (local and joined): it loads
+Prefect's integrations (a task's context needs the results block type) and closes
 the worker's diagnostics HTTP server, which Dask always starts on a port of its own after
 the comm listener, in plain HTTP and without a credential. The worker's only port is then
 its mutual-TLS comm port (services.dask says why).
@@ -83,10 +84,16 @@ def task_runner(**client_kwargs: Any) -> PlatformDaskTaskRunner:
 
 
 def dask_setup(worker: Worker) -> None:
-    """Dask's preload hook: stop the worker's plain-HTTP diagnostics server."""
+    """Dask's preload hook: stop the worker's plain-HTTP diagnostics server, and load
+    Prefect's integrations as a flow run's process does, so a task's context finds the
+    platform's result-storage block type (`s3-bucket`, from prefect-aws) whatever the flow
+    happened to import."""
     server = getattr(worker, "http_server", None)
     if server is not None:
         server.stop()
+    from prefect.plugins import load_prefect_collections
+
+    load_prefect_collections()
 
 
 def _bind_websocket_listeners_to_their_host() -> None:
