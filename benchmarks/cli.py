@@ -35,6 +35,7 @@ TITLES = {
     "dispatch": "Dispatch latency",
     "throughput": "Short-run throughput",
     "simultaneous": "Simultaneous runs",
+    "dask": "Dask tasks via the proxy",
 }
 LIFECYCLE = ("coldstart", "memory")
 # Beyond its soft deadline, a benchmark gets this long to wrap up before it is interrupted.
@@ -127,7 +128,7 @@ def guarded(results: list[BenchResult], seconds: float, fn: Callable[[], None], 
         say(f"{names}: {', '.join(r.status for r in results)} in {time.monotonic() - t0:.0f} s")
 
 
-def main_platform_overrides(env: Any, with_mlflow: bool) -> dict[str, Any]:
+def main_platform_overrides(env: Any, with_mlflow: bool, with_dask: bool = False) -> dict[str, Any]:
     from benchmarks.coldstart import mlflow_service_available
     from benchmarks.workers import platform_pool_type, pool_name
 
@@ -140,11 +141,22 @@ def main_platform_overrides(env: Any, with_mlflow: bool) -> dict[str, Any]:
             {"name": pool_name("reference"), "type": env.reference.pool_type},
         ],
         "mlflow": {"enabled": with_mlflow and mlflow_service_available()},
+        # The platform's Dask cluster only for its benchmark: it idles at ~180 MB.
+        "dask": {"enabled": with_dask},
     }
 
 
 def run_all(env: Any, selected: list[str], results: list[BenchResult]) -> None:
-    from benchmarks import api, coldstart, dispatch, s3, simultaneous, throughput, tracking
+    from benchmarks import (
+        api,
+        coldstart,
+        dask_tasks,
+        dispatch,
+        s3,
+        simultaneous,
+        throughput,
+        tracking,
+    )
     from flowyard.testing import running_platform
 
     runners: dict[str, Callable[[Any, BenchResult], None]] = {
@@ -154,6 +166,7 @@ def run_all(env: Any, selected: list[str], results: list[BenchResult]) -> None:
         "dispatch": dispatch.run,
         "throughput": throughput.run,
         "simultaneous": simultaneous.run,
+        "dask": dask_tasks.run,
     }
     plan = env.plan
     life = {n: BenchResult(n, TITLES[n]) for n in LIFECYCLE if n in selected}
@@ -171,7 +184,7 @@ def run_all(env: Any, selected: list[str], results: list[BenchResult]) -> None:
         return
     pending = [BenchResult(n, TITLES[n]) for n in rest]
     try:
-        overrides = main_platform_overrides(env, "tracking" in rest)
+        overrides = main_platform_overrides(env, "tracking" in rest, "dask" in rest)
         with running_platform(env.workdir / "main", **overrides) as ctx:
             env.ctx = ctx
             while pending:

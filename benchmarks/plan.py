@@ -7,7 +7,17 @@ from typing import Any
 
 # Benchmarks in the order they run. coldstart and memory share one throw-away platform
 # and run first, with nothing else of ours up; the rest share the main platform.
-ALL = ("coldstart", "memory", "api", "s3", "tracking", "dispatch", "throughput", "simultaneous")
+ALL = (
+    "coldstart",
+    "memory",
+    "api",
+    "s3",
+    "tracking",
+    "dispatch",
+    "throughput",
+    "simultaneous",
+    "dask",
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,8 @@ class Plan:
     s3_small_count: int
     s3_large_count: int
     tracking_points: int
+    # Tiny tasks per way of running them (benchmarks/dask_tasks.py).
+    dask_tasks: int
     idle_settle_s: float
     # --limit forced on both workers (0 = none); None: each kind's default (workers.py).
     worker_limit: int | None
@@ -55,6 +67,7 @@ def make_plan(quick: bool, worker_limit: int | None = None) -> Plan:
             s3_small_count=3,
             s3_large_count=1,
             tracking_points=100,
+            dask_tasks=50,
             idle_settle_s=3,
             worker_limit=limit,
             timeouts_s={
@@ -66,6 +79,7 @@ def make_plan(quick: bool, worker_limit: int | None = None) -> Plan:
                 "dispatch": 300,
                 "throughput": 300,
                 "simultaneous": 300,
+                "dask": 240,
             },
         )
     return Plan(
@@ -82,6 +96,7 @@ def make_plan(quick: bool, worker_limit: int | None = None) -> Plan:
         s3_small_count=20,
         s3_large_count=3,
         tracking_points=1000,
+        dask_tasks=1000,
         idle_settle_s=15,
         worker_limit=limit,
         timeouts_s={
@@ -93,5 +108,6 @@ def make_plan(quick: bool, worker_limit: int | None = None) -> Plan:
             "dispatch": 1800,
             "throughput": 1800,
             "simultaneous": 900,
+            "dask": 900,
         },
     )

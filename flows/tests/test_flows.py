@@ -208,3 +208,17 @@ def test_flows_run_in_harness(
     # Tracking received the run's params, then its metrics and per-class table.
     assert started == [result["params"]]
     assert tracker.calls == [("metrics", result["metrics"]), ("table", "per_class_metrics.json")]
+
+
+def test_cv_folds_score_and_rank() -> None:
+    from flowyard_flows.cv_sweep import fold_score, rank
+
+    scores = [
+        fold_score({"model": "logreg", "C": c}, fold, 3, 0) for c in (0.5, 2.0) for fold in range(3)
+    ]
+    assert {s["fold"] for s in scores} == {0, 1, 2}
+    assert all(0.85 < s["accuracy"] <= 1.0 for s in scores)
+    ranking = rank(scores)
+    assert [r["folds"] for r in ranking] == [3, 3]
+    assert ranking[0]["mean_accuracy"] >= ranking[1]["mean_accuracy"]
+    assert {r["C"] for r in ranking} == {0.5, 2.0}

@@ -41,6 +41,17 @@ def free_port(used: set[int], with_grpc: bool = False) -> int:
     raise RuntimeError("no free port found")
 
 
+def free_port_run(used: set[int], count: int) -> int:
+    """The first of `count` consecutive free loopback ports."""
+    for _ in range(2000):
+        port = random.randint(22000, 32000 - count)
+        run = range(port, port + count)
+        if not any(p in used for p in run) and all(port_free(p) for p in run):
+            used.update(run)
+            return port
+    raise RuntimeError("no free port run found")
+
+
 def free_port_config(home: Path, **overrides: Any) -> dict[str, Any]:
     used: set[int] = set()
     store = {
@@ -56,6 +67,12 @@ def free_port_config(home: Path, **overrides: Any) -> dict[str, Any]:
         "prefect": {"port": free_port(used)},
         "object_store": store,
         "mlflow": {"port": free_port(used), "enabled": False},
+        # Off unless a test turns it on; its ports free either way (worker_port: room for 4).
+        "dask": {
+            "https_port": free_port(used),
+            "scheduler_port": free_port(used),
+            "worker_port": free_port_run(used, 4),
+        },
         # Two flow runs at once is plenty for tests on a 2-core machine.
         "worker": {"concurrency": 2},
     }

@@ -45,3 +45,24 @@ def test_quick_run_writes_valid_results(tmp_path: Path) -> None:
     assert all(f["value"] is not None and f["reference"] is not None for f in bench["figures"])
     assert (tmp_path / "latest.md").read_text() in stdout
     assert "| Benchmark | Metric | Value | Reference | Ratio |" in stdout
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_quick_dask_row(tmp_path: Path) -> None:
+    """The Dask row: a platform with its Dask cluster, tiny tasks three ways, one figure
+    each against raw Client.map (values real, not asserted: a busy machine moves them)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "dask", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=560,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads((tmp_path / "latest.json").read_text())
+    assert report.validate(doc) == []
+    (bench,) = doc["benchmarks"]
+    assert bench["name"] == "dask" and bench["status"] == "ok", bench["notes"]
+    assert len(bench["figures"]) == 3
+    assert all(f["value"] > 0 and f["reference"] > 0 for f in bench["figures"])

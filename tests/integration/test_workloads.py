@@ -127,6 +127,7 @@ def deployed(yard: Context) -> Context:
         "greeting-flow/scheduled-greeting",
         "train-digits/train-digits",
         "digits-sweep/digits-sweep",
+        "digits-cv/digits-cv",
     }
     extra = deploy(yard, EXTRA)
     assert extra.returncode == 0, extra.stderr

@@ -226,3 +226,12 @@ def test_no_other_worker_module_imports_private_prefect_names() -> None:
                 ):
                     offenders.append(f"{path.name}:{node.lineno} {module}")
     assert not offenders, f"import these through prefect_private: {offenders}"
+
+
+def test_the_collections_cache_is_where_the_warmup_fills_it() -> None:
+    from flowyard.worker.prefect_private import COLLECTIONS_MODULE
+
+    module = importlib.import_module(COLLECTIONS_MODULE)
+    assert hasattr(module, "_collections"), "Prefect moved its collections cache"
+    _needs("safe_load_entrypoints", module.safe_load_entrypoints, "entrypoints")
+    assert "_collections" in inspect.getsource(module.load_prefect_collections)

@@ -13,7 +13,11 @@ from flowyard.client.joinfile import JoinInfo
 from flowyard.config.context import load_context
 from flowyard.errors import FlowyardError
 from flowyard.platform.join import (
+    DASK_WORKER_PORT,
     check_connection,
+    check_dask,
+    contact_host,
+    dask_worker_argv,
     default_worker_name,
     join_info,
     joined_worker_env,
@@ -63,6 +67,23 @@ def join(
         Path.home() / ".flowyard-worker", "--home", envvar="FLOWYARD_WORKER_HOME"
     ),
     check_only: bool = typer.Option(False, "--check", help="Check the connection, then exit."),
+    dask: bool = typer.Option(
+        False,
+        "--dask",
+        help="Start a Dask worker for the platform's Dask cluster instead of a Prefect worker.",
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="Dask worker threads (default: this machine's CPU count)."
+    ),
+    dask_host: str | None = typer.Option(
+        None,
+        "--dask-host",
+        help="Address the platform reaches this Dask worker at (default: this machine's "
+        "address on the route to the platform).",
+    ),
+    dask_port: int = typer.Option(
+        DASK_WORKER_PORT, "--dask-port", help="Port this Dask worker listens on (mutual TLS)."
+    ),
 ) -> None:
     """Start a worker on this machine that serves a pool of a remote platform."""
     info = JoinInfo.read(join_file)
@@ -74,8 +95,24 @@ def join(
     env = joined_worker_env(profile, home)
     for line in check_connection(profile, info.pool):
         console.print(f"  [green]✓[/] {line}")
+    if dask:
+        for line in check_dask(profile):
+            console.print(f"  [green]✓[/] {line}")
     if check_only:
         return
+    if dask:
+        contact = dask_host or contact_host(profile)
+        argv = dask_worker_argv(
+            profile,
+            home,
+            name or f"{default_worker_name()}-dask",
+            threads,
+            contact,
+            dask_port,
+            contact,
+        )
+        console.print(f"Starting Dask worker at wss://{contact}:{dask_port} for {base}")
+        _exec(home, argv, env)
     argv = [
         str(Path(sys.executable).parent / "prefect"),
         "worker",
@@ -90,9 +127,15 @@ def join(
         *(["--limit", str(limit)] if limit else []),
     ]
     console.print(f"Starting worker for pool {info.pool!r} at {base}")
+    _exec(home, argv, env)
+
+
+def _exec(home: Path, argv: list[str], env: dict[str, str]) -> None:
     sys.stdout.flush()
     clean = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "MLFLOW_"))
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "AWS_", "MLFLOW_", "DASK_"))
     }
     os.chdir(home)
     # exec: the worker becomes this process, so signals and exit codes reach it directly.

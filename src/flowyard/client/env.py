@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from flowyard.client.profile import RESULTS_BLOCK_SLUG, ClientProfile
+from flowyard.client.profile import RESULTS_BLOCK_SLUG, ClientProfile, DaskLogin
 from flowyard.config.context import Context
 
 # Prefect's minimum; hygiene.zombie_heartbeat_seconds must leave room for a missed beat or two.
@@ -27,7 +27,15 @@ CLIENT_SETTINGS = {
 }
 # Variables that hold where a client keeps its own state; they differ per machine, so the
 # parity between a local and a joined worker is checked on every key but these.
-PATH_KEYS = frozenset({"PREFECT_HOME", "PREFECT_PROFILES_PATH"})
+# Dask's TLS files are also the machine's own copies (same certificate, local path).
+DASK_TLS_KEYS = {
+    "ca_file": "DASK_DISTRIBUTED__COMM__TLS__CA_FILE",
+    "client_cert": "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT",
+    "client_key": "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY",
+    "worker_cert": "DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT",
+    "worker_key": "DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY",
+}
+PATH_KEYS = frozenset({"PREFECT_HOME", "PREFECT_PROFILES_PATH", *DASK_TLS_KEYS.values()})
 
 
 def client_env(profile: ClientProfile) -> dict[str, str]:
@@ -66,7 +74,27 @@ def client_env(profile: ClientProfile) -> dict[str, str]:
         )
         if ca:
             env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = ca
+    if profile.dask:
+        env.update(dask_env(profile.dask))
     return env
+
+
+def dask_env(login: DaskLogin) -> dict[str, str]:
+    """Dask's own settings, so a plain `distributed.Client()` (and prefect-dask's
+    DaskTaskRunner) reaches the platform's scheduler through the proxy, TLS verified, with
+    the client certificate. The worker role gets the same certificate: a joined Dask worker
+    presents it to the scheduler and serves its peers with it."""
+    cert, key = str(login.cert_file), str(login.key_file)
+    return {
+        "DASK_SCHEDULER_ADDRESS": login.address,
+        # No plain tcp:// anywhere: Dask refuses to connect or listen without TLS.
+        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+        DASK_TLS_KEYS["ca_file"]: str(login.ca_file),
+        DASK_TLS_KEYS["client_cert"]: cert,
+        DASK_TLS_KEYS["client_key"]: key,
+        DASK_TLS_KEYS["worker_cert"]: cert,
+        DASK_TLS_KEYS["worker_key"]: key,
+    }
 
 
 def platform_client_env(ctx: Context) -> dict[str, str]:
@@ -83,7 +111,11 @@ def worker_client_env(ctx: Context) -> dict[str, str]:
 def child_env(ctx: Context, **overrides: str) -> dict[str, str]:
     """Environment for a child process acting as a platform client: the caller's own
     Prefect/AWS/MLflow settings are dropped so they cannot point it elsewhere."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "MLFLOW_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "AWS_", "MLFLOW_", "DASK_"))
+    }
     env.update(platform_client_env(ctx))
     env["PREFECT_HOME"] = str(ctx.paths.service_data("cli"))
     env["PREFECT_PROFILES_PATH"] = str(ctx.paths.prefect_profiles)

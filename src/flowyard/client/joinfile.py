@@ -13,10 +13,19 @@ from __future__ import annotations
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import tomli_w
 
-from flowyard.client.profile import ClientProfile, MlflowLogin
+from flowyard.client.profile import (
+    DASK_CA_CERT,
+    DASK_CLIENT_CERT,
+    DASK_CLIENT_KEY,
+    ClientProfile,
+    DaskLogin,
+    MlflowLogin,
+    dask_address,
+)
 from flowyard.errors import FlowyardError
 from flowyard.files import write_private
 
@@ -41,9 +50,16 @@ class JoinInfo:
     mlflow_uri: str = ""
     mlflow_user: str = ""
     mlflow_password: str = ""
+    # The platform's Dask cluster (dask.enabled): its proxy address, the client certificate
+    # and key a Dask client or joined Dask worker presents, and the Dask CA (PEM).
+    dask_address: str = ""
+    dask_cert: str = ""
+    dask_key: str = ""
+    dask_ca: str = ""
 
     @classmethod
     def from_profile(cls, profile: ClientProfile, pool: str) -> JoinInfo:
+        dask = profile.dask
         return cls(
             url=profile.url,
             s3_url=profile.s3_url,
@@ -59,6 +75,10 @@ class JoinInfo:
             mlflow_uri=profile.mlflow.uri if profile.mlflow else "",
             mlflow_user=profile.mlflow.user if profile.mlflow else "",
             mlflow_password=profile.mlflow.password if profile.mlflow else "",
+            dask_address=dask.address if dask else "",
+            dask_cert=dask.cert_file.read_text() if dask else "",
+            dask_key=dask.key_file.read_text() if dask else "",
+            dask_ca=dask.cluster_ca_file.read_text() if dask and dask.cluster_ca_file else "",
         )
 
     def profile(self, home: Path, url: str | None = None) -> ClientProfile:
@@ -75,6 +95,7 @@ class JoinInfo:
             uri = base + self.mlflow_uri.removeprefix(self.url)
             mlflow = MlflowLogin(uri=uri, user=self.mlflow_user, password=self.mlflow_password)
         return ClientProfile(
+            dask=self._dask(home, base, ca_file),
             url=base,
             s3_url=self.s3_url,
             auth_string=self.auth_string,
@@ -86,6 +107,35 @@ class JoinInfo:
             ca_file=ca_file,
             ca_signs_s3=bool(ca_file) and self.ca_signs_s3,
             mlflow=mlflow,
+        )
+
+    def _dask(self, home: Path, base: str, platform_ca: Path | None) -> DaskLogin | None:
+        """The Dask credential on the joining machine, owner-only; its CA file verifies the
+        proxy (platform CA or public roots) and the Dask CA's peers (a joined Dask worker is
+        called by the scheduler and by other workers)."""
+        if not (self.dask_address and self.dask_cert and self.dask_key):
+            return None
+        folder = home / "dask"
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+        write_private(folder / DASK_CLIENT_CERT, self.dask_cert)
+        write_private(folder / DASK_CLIENT_KEY, self.dask_key)
+        if platform_ca is not None:
+            roots = platform_ca.read_text()
+        else:
+            import certifi
+
+            roots = Path(certifi.where()).read_text()
+        write_private(folder / DASK_CA_CERT, roots.rstrip() + "\n" + self.dask_ca)
+        # The host follows the URL the worker uses, as the API's does; the port is the file's.
+        port = urlsplit(self.dask_address).port
+        host = urlsplit(base).hostname or ""
+        url_host = f"[{host}]" if ":" in host else host
+        return DaskLogin(
+            address=dask_address(url_host, port or 0),
+            cert_file=folder / DASK_CLIENT_CERT,
+            key_file=folder / DASK_CLIENT_KEY,
+            ca_file=folder / DASK_CA_CERT,
         )
 
     def write(self, path: Path) -> None:

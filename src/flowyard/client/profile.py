@@ -37,6 +37,41 @@ class MlflowLogin:
     password: str
 
 
+# The Dask cluster's client credential (a certificate issued by the platform's Dask CA), in
+# the directory of the Dask processes and the local worker (`services.dask`).
+DASK_DATA = "dask"
+DASK_CLIENT_CERT = "client.crt"
+DASK_CLIENT_KEY = "client.key"
+DASK_CA_CERT = "ca.crt"
+
+
+@dataclass(frozen=True)
+class DaskLogin:
+    """How a Dask client reaches the platform's scheduler: through the proxy (wss://), with
+    a client certificate the proxy verifies (Dask has no passwords)."""
+
+    address: str  # wss://host:port
+    cert_file: Path
+    key_file: Path
+    # Verifies the proxy's certificate (the platform CA, or public roots with ACME); a joined
+    # Dask worker's also holds the Dask CA, which signs the peers that connect to it.
+    ca_file: Path
+    # The Dask CA itself (what a join file carries for a joined worker's peers).
+    cluster_ca_file: Path | None = None
+
+
+def dask_address(url_host: str, port: int) -> str:
+    return f"wss://{url_host}:{port}"
+
+
+def _public_roots() -> Path:
+    # With an ACME certificate Dask still needs a CA file (it builds no TLS context without
+    # one): the public roots httpx and boto3 use.
+    import certifi
+
+    return Path(certifi.where())
+
+
 @dataclass(frozen=True)
 class ClientProfile:
     url: str  # the proxy's public URL, without /api
@@ -52,6 +87,7 @@ class ClientProfile:
     # The CA also signs the S3 endpoint (the platform's own store, not an external one).
     ca_signs_s3: bool
     mlflow: MlflowLogin | None
+    dask: DaskLogin | None = None
 
     @classmethod
     def from_context(cls, ctx: Context, ca_file: Path | None = None) -> ClientProfile:
@@ -61,6 +97,7 @@ class ClientProfile:
             ca_file,
             s3_keys=(ctx.secrets.get("s3_access_key"), ctx.secrets.get("s3_secret_key")),
             mlflow_login=(MLFLOW_ADMIN_USER, ctx.secrets.get("mlflow_admin_password")),
+            dask_dir=ctx.paths.dask_pki,
         )
 
     @classmethod
@@ -80,6 +117,8 @@ class ClientProfile:
                 else (ctx.secrets.get("s3_access_key"), ctx.secrets.get("s3_secret_key"))
             ),
             mlflow_login=(MLFLOW_FLOWS_USER, ctx.secrets.get("mlflow_flows_password")),
+            # The copy the Dask processes' and the worker's account can read.
+            dask_dir=ctx.paths.service_data(DASK_DATA),
         )
 
     @classmethod
@@ -89,6 +128,7 @@ class ClientProfile:
         ca_file: Path | None,
         s3_keys: tuple[str, str],
         mlflow_login: tuple[str, str],
+        dask_dir: Path,
     ) -> ClientProfile:
         cfg = ctx.config
         internal = cfg.proxy.tls == "internal"
@@ -102,6 +142,16 @@ class ClientProfile:
                 user=mlflow_login[0],
                 password=mlflow_login[1],
             )
+        ca = (ca_file or ctx.paths.ca_cert) if internal else None
+        dask = None
+        if cfg.dask.enabled:
+            dask = DaskLogin(
+                address=dask_address(cfg.proxy.url_host, cfg.dask.https_port),
+                cert_file=dask_dir / DASK_CLIENT_CERT,
+                key_file=dask_dir / DASK_CLIENT_KEY,
+                ca_file=ca or _public_roots(),
+                cluster_ca_file=dask_dir / DASK_CA_CERT,
+            )
         return cls(
             url=cfg.proxy.url,
             s3_url=s3_url,
@@ -111,7 +161,8 @@ class ClientProfile:
             region=cfg.object_store.region,
             code_bucket=cfg.object_store.code_bucket,
             results_bucket=cfg.object_store.results_bucket,
-            ca_file=(ca_file or ctx.paths.ca_cert) if internal else None,
+            ca_file=ca,
             ca_signs_s3=internal and own_store,
             mlflow=mlflow,
+            dask=dask,
         )

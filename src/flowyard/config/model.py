@@ -435,6 +435,47 @@ class MlflowConfig(_Section):
     port: Port = Field(5000, description="MLflow server, loopback only (reached through Caddy).")
 
 
+class DaskConfig(_Section):
+    """A Dask cluster for flows' tasks (prefect-dask's DaskTaskRunner): a scheduler and local
+    workers under supervisor, reached through the proxy with a client certificate."""
+
+    enabled: bool = Field(
+        False,
+        description="Run a Dask scheduler and local Dask workers (off by default: they idle at "
+        "about 180 MB with one worker and add a public port; docs/scaling.md).",
+    )
+    https_port: Port = Field(
+        8786,
+        description="Port the proxy serves the scheduler on (wss://, TLS with a client "
+        "certificate issued by the platform's Dask CA).",
+    )
+    scheduler_port: Port = Field(
+        18786,
+        description="The scheduler's own port, loopback only, mutual TLS (reached through Caddy).",
+    )
+    worker_port: Port = Field(
+        18787,
+        description="First local Dask worker's port, loopback only, mutual TLS; worker i "
+        "listens on worker_port + i.",
+    )
+    workers: int = Field(1, ge=1, le=64, description="Local Dask worker processes.")
+    threads: int | None = Field(
+        None, ge=1, description="Threads per local worker; default: CPU count / workers."
+    )
+    memory_limit: str = Field(
+        "auto",
+        pattern=r"^(auto|\d+(\.\d+)?\s*(B|kB|KiB|MB|MiB|GB|GiB|TB|TiB))$",
+        description="Memory per local worker (e.g. 4GiB); auto: the machine's memory / workers.",
+    )
+
+    @property
+    def effective_threads(self) -> int:
+        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+
+    def worker_ports(self) -> list[int]:
+        return [self.worker_port + i for i in range(self.workers)]
+
+
 def default_pools() -> list[PoolSpec]:
     return [PoolSpec(name="default")]
 
@@ -465,6 +506,7 @@ class FlowyardConfig(BaseSettings):
     )
     hygiene: HygieneConfig = Field(default_factory=HygieneConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    dask: DaskConfig = Field(default_factory=DaskConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> FlowyardConfig:
@@ -498,6 +540,11 @@ class FlowyardConfig(BaseSettings):
             ports.update(self.object_store.port_settings())
         if self.mlflow.enabled:
             ports["mlflow.port"] = self.mlflow.port
+        if self.dask.enabled:
+            ports["dask.https_port"] = self.dask.https_port
+            ports["dask.scheduler_port"] = self.dask.scheduler_port
+            for i, port in enumerate(self.dask.worker_ports()):
+                ports[f"dask.worker_port + {i}"] = port
         return ports
 
     @property

@@ -57,6 +57,12 @@ class Paths:
         return self.home / "ca" / "root.crt"
 
     @property
+    def dask_pki(self) -> Path:
+        """The Dask cluster's CA and certificates (owner-only): the CA's key signs the
+        certificates of the scheduler, local workers, the proxy's hop and clients."""
+        return self.home / "dask"
+
+    @property
     def caddy_data(self) -> Path:
         return self.data / "caddy"
 

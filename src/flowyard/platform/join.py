@@ -40,6 +40,12 @@ def join_info(ctx: Context, pool: str) -> JoinInfo:
             "creates it on the platform's first start.",
             fix="Run `flowyard up` once, then `flowyard worker join-file` again.",
         )
+    if profile.dask and not profile.dask.cert_file.exists():
+        raise FlowyardError(
+            f"The Dask cluster's client certificate {profile.dask.cert_file} does not exist "
+            "yet: it is made when the platform starts with dask.enabled = true.",
+            fix="Run `flowyard up`, then `flowyard worker join-file` again.",
+        )
     return JoinInfo.from_profile(profile, pool)
 
 
@@ -133,3 +139,119 @@ def joined_worker_env(profile: ClientProfile, home: Path) -> dict[str, str]:
     """The environment of a worker on another host, and of the flow runs it starts: the
     same `client_env` the server's own worker gets, with this machine's state directory."""
     return {**client_env(profile), "PREFECT_HOME": str(home / "prefect")}
+
+
+# The port a joined Dask worker listens on for the scheduler and its peers (mutual TLS).
+DASK_WORKER_PORT = 8788
+
+
+def check_dask(profile: ClientProfile) -> list[str]:
+    """A joining Dask worker's checks: the join file has the cluster's credential, and the
+    proxy's Dask port answers, TLS verified, and accepts the client certificate."""
+    dask = profile.dask
+    if dask is None:
+        raise FlowyardError(
+            "The join file has no Dask credential: the platform's Dask cluster is off, or "
+            "the file was written before it was on.",
+            fix="On the server set dask.enabled = true in flowyard.toml, run `flowyard up`, "
+            "then `flowyard worker join-file` again and copy the file here.",
+        )
+    parts = httpx.URL(dask.address.replace("wss://", "https://", 1))
+    url = f"https://{parts.netloc.decode()}/health"
+    verify = ssl.create_default_context(cafile=str(dask.ca_file))
+    # Dask itself checks the chain, not the name (Security: check_hostname = False); the
+    # check here is stricter only where the name is right, so it mirrors Dask.
+    verify.check_hostname = False
+    verify.load_cert_chain(str(dask.cert_file), str(dask.key_file))
+    try:
+        r = httpx.get(url, verify=verify, timeout=10)
+    except httpx.ConnectError as exc:
+        text = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            raise FlowyardError(
+                f"The platform's Dask port {dask.address} presented a certificate the join "
+                "file's CA does not sign.",
+                fix="Copy a fresh join file from the server.",
+            ) from exc
+        if "alert" in text.lower() or "certificate" in text.lower():
+            raise FlowyardError(
+                f"The platform's Dask port {dask.address} refused the join file's client "
+                "certificate.",
+                fix="The cluster's CA changed on the server: copy a fresh join file.",
+            ) from exc
+        raise FlowyardError(
+            f"Cannot reach the platform's Dask port {dask.address}: {exc}.",
+            fix=f"Check that this machine can reach {parts.host} on port {parts.port} "
+            "(the server's dask.https_port: firewall, DNS) and that the platform is up.",
+        ) from exc
+    except httpx.HTTPError as exc:
+        raise FlowyardError(
+            f"The platform's Dask port {dask.address} failed: {exc}.",
+            fix="Check `flowyard logs dask-scheduler` and `flowyard logs caddy` on the server.",
+        ) from exc
+    if r.status_code == 403:
+        raise FlowyardError(
+            f"The platform's Dask port {dask.address} refused the join file's client "
+            "certificate (403).",
+            fix="Copy a fresh join file from the server.",
+        )
+    if r.status_code != 200:
+        raise FlowyardError(
+            f"The Dask scheduler behind {dask.address} is not healthy ({r.status_code}).",
+            fix="On the server: `flowyard status`, `flowyard logs dask-scheduler`.",
+        )
+    return [
+        f"Dask scheduler reachable through the proxy, client certificate accepted: {dask.address}"
+    ]
+
+
+def contact_host(profile: ClientProfile) -> str:
+    """This machine's address on the route to the platform: where the scheduler and the
+    platform's workers can call a joined Dask worker back."""
+    assert profile.dask is not None
+    host = httpx.URL(profile.dask.address.replace("wss://", "https://", 1)).host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        # A UDP "connect" sends nothing; it only picks the route and its source address.
+        probe.connect((host, 9))
+        return str(probe.getsockname()[0])
+
+
+def dask_worker_argv(
+    profile: ClientProfile,
+    home: Path,
+    name: str,
+    threads: int | None,
+    listen_host: str,
+    port: int,
+    contact: str,
+) -> list[str]:
+    """`dask worker` for the platform's scheduler, through the proxy: it serves its own
+    peers on `listen_host:port` (mutual TLS, the join file's certificate)."""
+    import sys
+
+    assert profile.dask is not None
+    listen = f"[{listen_host}]" if ":" in listen_host else listen_host
+    contact_h = f"[{contact}]" if ":" in contact else contact
+    return [
+        str(Path(sys.executable).parent / "dask"),
+        "worker",
+        profile.dask.address,
+        "--name",
+        name,
+        *(["--nthreads", str(threads)] if threads else []),
+        # The process manager that started `join` restarts it; no nanny, no extra port.
+        "--no-nanny",
+        "--listen-address",
+        f"wss://{listen}:{port}",
+        "--contact-address",
+        f"wss://{contact_h}:{port}",
+        "--no-dashboard",
+        "--dashboard-address",
+        "127.0.0.1:0",
+        "--local-directory",
+        str(home / "dask-worker"),
+        # Closes the plain-HTTP diagnostics port and binds the listener to its host.
+        "--preload",
+        "flowyard.dask_cluster",
+    ]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flowyard.config.context import Context
-from flowyard.config.model import LOOPBACK, FlowyardConfig
+from flowyard.config.model import LOOPBACK, FlowyardConfig, url_host
 
 # The metrics exporter's port in containers (`services.metrics`); natively it is a socket.
 METRICS_PORT = 9464
@@ -37,6 +37,10 @@ class Upstreams:
     access_log: str
     listen: str
     admin: str
+    # The Dask scheduler's loopback address and the directory of its CA and the proxy's
+    # client certificate (`services.dask`); None when there is no cluster (or in containers).
+    dask: str | None = None
+    dask_pki: str | None = None
 
     @classmethod
     def from_context(cls, ctx: Context) -> Upstreams:
@@ -44,6 +48,8 @@ class Upstreams:
         container names and the images' paths under compose (both come in through `ctx`)."""
         config, hosts = ctx.config, ctx.hosts
         own_store = config.object_store.kind == "seaweedfs"
+        # Containers run no Dask cluster (docs/containers.md says why).
+        dask = config.dask.enabled and hosts.use_sockets
 
         def at(name: str, host: str, port: int) -> str:
             return unix(ctx.paths.socket(name)) if hosts.use_sockets else f"{host}:{port}"
@@ -61,6 +67,8 @@ class Upstreams:
             # The admin API can rewrite every route: natively a socket only its owner can
             # open; in a container, the container's own loopback.
             admin=at("caddy-admin", LOOPBACK, config.proxy.admin_port),
+            dask=f"{LOOPBACK}:{config.dask.scheduler_port}" if dask else None,
+            dask_pki=str(ctx.paths.dask_pki) if dask else None,
         )
 
 
@@ -101,6 +109,8 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
         global_opts.append(f"email {proxy.acme_email}")
     if proxy.tls == "internal":
         global_opts.append("local_certs")
+    if up.dask:
+        global_opts += _dask_server_options(config, up)
     lines = ["{", *(f"\t{o}" for o in global_opts), "}", ""]
 
     main = [
@@ -169,6 +179,8 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
             "}",
             "",
         ]
+    if up.dask and up.dask_pki:
+        lines += _dask_site(config, up, tls, extra_names)
     # Plain HTTP only redirects, keeping the configured HTTPS port in the target.
     lines += [
         f"http://{proxy.url_host}:{proxy.http_port} {{",
@@ -177,6 +189,58 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
         "",
     ]
     return "\n".join(lines)
+
+
+def _dask_site(
+    config: FlowyardConfig, up: Upstreams, tls: str, extra_names: Sequence[str]
+) -> list[str]:
+    """The Dask scheduler on its own port: Dask's websocket comm (wss://) for holders of a
+    certificate the Dask CA issued (Dask has no passwords), forwarded over mutual TLS to the
+    scheduler's loopback port with the proxy's own certificate (services.dask says why).
+    Dask's comm lives at the root path, hence a port rather than a path of the main site."""
+    ca = f"{up.dask_pki}/ca.crt"
+    return [
+        f"{_site_addresses(config.proxy.url_host, config.dask.https_port, extra_names)} {{",
+        f"\t{tls} {{",
+        "\t\tclient_auth {",
+        "\t\t\tmode require_and_verify",
+        f"\t\t\ttrust_pool file {ca}",
+        "\t\t}",
+        "\t}",
+        # No request without a verified client certificate reaches the scheduler, whichever
+        # TLS policy the connection got (see _dask_server_options).
+        '\t@anonymous expression `{http.request.tls.client.fingerprint} == ""`',
+        "\thandle @anonymous {",
+        '\t\trespond "client certificate required" 403',
+        "\t}",
+        "\thandle {",
+        f"\t\treverse_proxy https://{up.dask} {{",
+        "\t\t\ttransport http {",
+        f"\t\t\t\ttls_client_auth {up.dask_pki}/node.crt {up.dask_pki}/node.key",
+        f"\t\t\t\ttls_trust_pool file {ca}",
+        "\t\t\t}",
+        # Dask's frames stream both ways on one websocket.
+        "\t\t\tflush_interval -1",
+        "\t\t}",
+        "\t}",
+        "}",
+        "",
+    ]
+
+
+def _dask_server_options(config: FlowyardConfig, up: Upstreams) -> list[str]:
+    """Dask's client sends no TLS server name when the platform is reached by IP address
+    (TLS forbids it), so: connections without one get the Dask site's policy (client
+    certificate required), and the Dask port does not insist that the Host header match
+    the server name (Caddy's strict_sni_host, on by default with client_auth, answers 421
+    otherwise). The port serves that one site, and its handler refuses any request that
+    came without a verified client certificate."""
+    return [
+        f"default_sni {config.proxy.host}",
+        f"servers {url_host(up.listen)}:{config.dask.https_port} {{",
+        "\tstrict_sni_host insecure_off",
+        "}",
+    ]
 
 
 def routes(caddyfile: str) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from flowyard.config.context import Context
 from flowyard.services import (
     caddy,
+    dask,
     local_worker,
     metrics,
     postgres,
@@ -22,6 +23,9 @@ from flowyard.services.base import Service
 
 def services(ctx: Context) -> list[Service]:
     cfg = ctx.config
+    # The Dask cluster runs natively only: its certificates are made by `flowyard up`
+    # (docs/scaling.md says what containers would need).
+    dask_on = cfg.dask.enabled and ctx.hosts.use_sockets
     found = [postgres.service(ctx), redis.service(ctx)]
     if cfg.object_store.kind == "seaweedfs":
         found.append(seaweedfs.service(ctx))
@@ -31,9 +35,15 @@ def services(ctx: Context) -> list[Service]:
         from flowyard.services import mlflow
 
         found.append(mlflow.service(ctx))
+    if dask_on:
+        # Before Caddy, which forwards to it; its prepare makes the certificates Caddy reads.
+        found.append(dask.scheduler_service(ctx))
     found.append(caddy.service(ctx))
     # After Caddy: it reads every service above, and is reached only through the proxy.
     found.append(metrics.service(ctx))
+    if dask_on:
+        # Their tasks call the API and S3 through the proxy, like flow runs.
+        found += dask.worker_services(ctx)
     if cfg.worker.enabled:
         found.append(local_worker.service(ctx))
     return found

@@ -217,3 +217,25 @@ def replace_client_reads(
     patched: Any = client
     patched.read_deployment = read_deployment
     patched.read_flow = read_flow
+
+
+# -- the integrations' import cache (warmup) ------------------------------------------------
+# prefect._internal.plugins.collections: `safe_load_entrypoints` imports entry points;
+# `_collections` caches what `load_prefect_collections()` loaded, which later calls return.
+COLLECTIONS_MODULE = "prefect._internal.plugins.collections"
+
+
+def load_collections_except(skipped: frozenset[str]) -> list[str]:
+    """`load_prefect_collections()` without the named `prefect.collections` entry points,
+    cached as Prefect caches its own load (so a run's later call returns it and imports
+    nothing more). A skipped integration is imported by the flows that use it, after the
+    fork. Returns the names skipped."""
+    import importlib
+    from importlib.metadata import EntryPoints, entry_points
+
+    collections = importlib.import_module(COLLECTIONS_MODULE)
+    found = list(entry_points(group="prefect.collections"))
+    kept = [ep for ep in found if (ep.name or ep.value) not in skipped]
+    loaded = collections.safe_load_entrypoints(EntryPoints(kept))
+    setattr(collections, "_collections", loaded)  # noqa: B010 - Prefect's module-level cache
+    return [ep.name for ep in found if ep not in kept]

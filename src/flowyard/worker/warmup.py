@@ -11,13 +11,18 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+# Integrations whose import starts a thread, so the zygote must not import them: prefect-dask
+# imports distributed, which imports numpy, whose OpenBLAS starts its thread pool at import.
+# Neither registers a block or worker type a run needs; flows that use it import it.
+THREAD_STARTING_COLLECTIONS = frozenset({"prefect_dask"})
+
 
 def load_collections() -> None:
     """Prefect imports every installed integration the first time it resolves a block (the
     results storage block, in every run): prefect-redis alone is ~0.5 CPU-s."""
-    from prefect.plugins import load_prefect_collections
+    from flowyard.worker.prefect_private import load_collections_except
 
-    load_prefect_collections()
+    load_collections_except(THREAD_STARTING_COLLECTIONS)
 
 
 def complete_pydantic_models() -> int:

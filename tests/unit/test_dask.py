@@ -1,0 +1,189 @@
+"""The Dask cluster's configuration, certificates and rendered files (no process started)."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from flowyard.client.env import DASK_TLS_KEYS, platform_client_env, worker_client_env
+from flowyard.client.joinfile import JoinInfo
+from flowyard.config.context import Context
+from flowyard.config.load import load_config
+from flowyard.config.secrets import Secrets
+from flowyard.services import catalog
+from flowyard.services import dask as dask_service
+from flowyard.services.base import binary
+from flowyard.services.caddyfile import Upstreams, render_caddyfile
+
+FAKE_CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def platform(tmp_path: Path, enabled: bool = True, **dask: object) -> Context:
+    home = tmp_path / "server"
+    home.mkdir(exist_ok=True)
+    config = load_config(home, require_file=False)
+    config = config.model_validate(
+        {**config.model_dump(), "dask": {**config.dask.model_dump(), "enabled": enabled, **dask}}
+    )
+    ctx = Context(config=config, secrets=Secrets.generate())
+    ctx.paths.ca_cert.parent.mkdir(parents=True, exist_ok=True)
+    ctx.paths.ca_cert.write_text(FAKE_CA)
+    return ctx
+
+
+def test_off_by_default_and_its_ports_checked_when_on(tmp_path: Path) -> None:
+    off = load_config(tmp_path, require_file=False)
+    assert off.dask.enabled is False
+    assert not any(k.startswith("dask.") for k in off.port_settings())
+    on = platform(tmp_path, workers=3).config
+    ports = on.port_settings()
+    assert ports["dask.https_port"] == 8786
+    assert [ports[f"dask.worker_port + {i}"] for i in range(3)] == [18787, 18788, 18789]
+    with pytest.raises(ValueError, match=r"dask\.worker_port \+ 1 and"):
+        platform(tmp_path, workers=2, https_port=18788)
+
+
+def test_no_dask_setting_or_service_when_off(tmp_path: Path) -> None:
+    ctx = platform(tmp_path, enabled=False)
+    assert not any(k.startswith("DASK_") for k in platform_client_env(ctx))
+    assert not any(s.name.startswith("dask") for s in catalog.services(ctx))
+    assert ":8786" not in render_caddyfile(ctx.config, Upstreams.from_context(ctx))
+
+
+def test_services_order_and_commands_keep_every_port_on_loopback_and_tls(tmp_path: Path) -> None:
+    ctx = platform(tmp_path, workers=2, threads=3, memory_limit="2GiB")
+    names = [s.name for s in catalog.services(ctx)]
+    assert names.index("dask-scheduler") < names.index("caddy")
+    assert names.index("caddy") < names.index("dask-worker-0") < names.index("dask-worker-1")
+    scheduler = next(s for s in catalog.services(ctx) if s.name == "dask-scheduler")
+    argv = scheduler.command
+    port = str(ctx.config.dask.scheduler_port)
+    assert argv[argv.index("--protocol") + 1] == "wss"
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    # The HTTP routes share the comm port, so they sit behind the same certificate check.
+    assert argv[argv.index("--dashboard-address") + 1] == f"127.0.0.1:{port}"
+    for env in (scheduler.env, dask_service.worker_env(ctx)):
+        assert env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
+        assert env[DASK_TLS_KEYS["ca_file"]] == str(dask_service.data(ctx) / "ca.crt")
+    worker = dask_service.worker_command(ctx, 1)
+    assert worker[worker.index("--listen-address") + 1] == "wss://127.0.0.1:18788"
+    assert worker[worker.index("--nthreads") + 1] == "3"
+    assert worker[worker.index("--memory-limit") + 1] == "2GiB"
+    assert (
+        "--no-nanny" in worker and worker[worker.index("--preload") + 1] == "flowyard.dask_cluster"
+    )
+    # Tasks call Prefect's API like flow runs: the worker profile, minus the proxy address.
+    wenv = dask_service.worker_env(ctx)
+    assert wenv["PREFECT_API_URL"] == worker_client_env(ctx)["PREFECT_API_URL"]
+    assert "DASK_SCHEDULER_ADDRESS" not in wenv
+
+
+def test_client_env_points_a_plain_client_at_the_proxy(tmp_path: Path) -> None:
+    ctx = platform(tmp_path)
+    env = platform_client_env(ctx)
+    assert env["DASK_SCHEDULER_ADDRESS"] == "wss://localhost:8786"
+    assert env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
+    assert env[DASK_TLS_KEYS["ca_file"]] == str(ctx.paths.ca_cert)
+    assert env[DASK_TLS_KEYS["client_cert"]] == str(ctx.paths.dask_pki / "client.crt")
+    # Flow runs of the local worker use the copy their account can read.
+    wenv = worker_client_env(ctx)
+    assert wenv[DASK_TLS_KEYS["client_key"]] == str(dask_service.data(ctx) / "client.key")
+
+
+def test_pki_is_owner_only_signed_by_its_ca_and_kept(tmp_path: Path) -> None:
+    ctx = platform(tmp_path)
+    dask_service.ensure_pki(ctx)
+    pki = ctx.paths.dask_pki
+    assert stat.S_IMODE(pki.stat().st_mode) == 0o700
+    for name in ("ca.crt", "ca.key", "node.crt", "node.key", "client.crt", "client.key"):
+        assert stat.S_IMODE((pki / name).stat().st_mode) == 0o600, name
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    for name in ("node.crt", "client.crt"):
+        cert = x509.load_pem_x509_certificate((pki / name).read_bytes())
+        cert.verify_directly_issued_by(ca)
+    # A TLS context loads them as Dask's Security would.
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    context.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
+    before = {p.name: p.read_bytes() for p in pki.iterdir()}
+    dask_service.ensure_pki(ctx)
+    assert {p.name: p.read_bytes() for p in pki.iterdir()} == before
+    # A new CA (the old one lost): every certificate is reissued under it.
+    (pki / "ca.key").unlink()
+    dask_service.ensure_pki(ctx)
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    x509.load_pem_x509_certificate((pki / "client.crt").read_bytes()).verify_directly_issued_by(ca)
+
+
+def test_caddy_requires_a_client_certificate_and_adapts(tmp_path: Path) -> None:
+    ctx = platform(tmp_path)
+    text = render_caddyfile(ctx.config, Upstreams.from_context(ctx))
+    site = text[text.index("https://localhost:8786 {") :]
+    site = site[: site.index("\n}\n")]
+    assert "mode require_and_verify" in site
+    assert f"trust_pool file {ctx.paths.dask_pki}/ca.crt" in site
+    assert f"reverse_proxy https://127.0.0.1:{ctx.config.dask.scheduler_port}" in site
+    assert "tls_client_auth" in site and "respond" in site
+    path = tmp_path / "Caddyfile"
+    path.write_text(text)
+    out = subprocess.run(
+        [binary("caddy"), "adapt", "--config", str(path), "--adapter", "caddyfile"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    servers = json.loads(out.stdout)["apps"]["http"]["servers"]
+    dask = next(s for s in servers.values() if s["listen"] == ["127.0.0.1:8786"])
+    policies = dask["tls_connection_policies"]
+    # Connections without a server name (clients of an IP address) get the client_auth policy.
+    assert any(
+        "" in p.get("match", {}).get("sni", [])
+        and p["client_authentication"]["mode"] == "require_and_verify"
+        for p in policies
+    )
+
+
+def test_join_file_carries_the_credential_owner_only_with_both_cas(tmp_path: Path) -> None:
+    from flowyard.platform.join import join_info
+
+    ctx = platform(tmp_path)
+    dask_service.ensure_pki(ctx)
+    dask_service.copy_credentials(ctx)
+    path = tmp_path / "join.toml"
+    join_info(ctx, ctx.config.worker.pool).write(path)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    profile = JoinInfo.read(path).profile(remote, "https://platform.lan:8443")
+    assert profile.dask is not None
+    assert profile.dask.address == "wss://platform.lan:8786"
+    for f in (profile.dask.cert_file, profile.dask.key_file, profile.dask.ca_file):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    bundle = profile.dask.ca_file.read_text()
+    # The proxy's CA and the Dask CA: the worker verifies both the proxy and its peers.
+    assert FAKE_CA.strip() in bundle
+    assert (ctx.paths.dask_pki / "ca.crt").read_text().strip() in bundle
+    assert profile.dask.key_file.read_text() == (ctx.paths.dask_pki / "client.key").read_text()
+
+
+def test_task_runner_needs_the_platform_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowyard.dask_cluster import NoClusterError, task_runner
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    runner = task_runner()
+    with pytest.raises(NoClusterError, match=r"dask\.enabled"):
+        runner.__enter__()
+    assert task_runner().duplicate().__class__ is runner.__class__
+
+
+def test_containers_run_no_dask_cluster(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    ctx = platform(tmp_path)
+    containers = replace(ctx, hosts=replace(ctx.hosts, use_sockets=False))
+    assert not any(s.name.startswith("dask") for s in catalog.services(containers))
+    assert Upstreams.from_context(containers).dask is None
