@@ -187,3 +187,18 @@ def test_containers_run_no_dask_cluster(tmp_path: Path) -> None:
     containers = replace(ctx, hosts=replace(ctx.hosts, use_sockets=False))
     assert not any(s.name.startswith("dask") for s in catalog.services(containers))
     assert Upstreams.from_context(containers).dask is None
+
+
+def test_the_cluster_starts_in_the_graph_before_the_proxy_and_its_workers_after(
+    tmp_path: Path,
+) -> None:
+    from flowyard.platform.registry import build_services
+    from flowyard.platform.startup import check_order
+
+    services = build_services(platform(tmp_path, workers=2))
+    check_order(services)  # raises if an edge points at a later service
+    by_name = {s.name: s for s in services}
+    assert dask_service.SCHEDULER in by_name["caddy"].after
+    workers = [s for s in services if s.name.startswith(dask_service.WORKER)]
+    needs = {dask_service.SCHEDULER, "caddy"}
+    assert len(workers) == 2 and all(needs <= set(w.after) for w in workers)

@@ -35,10 +35,12 @@ def services(ctx: Context) -> list[Service]:
         from flowyard.services import mlflow
 
         found.append(mlflow.service(ctx))
+    proxy = caddy.service(ctx)
     if dask_on:
         # Before Caddy, which forwards to it; its prepare makes the certificates Caddy reads.
         found.append(dask.scheduler_service(ctx))
-    found.append(caddy.service(ctx))
+        proxy.after += (dask.SCHEDULER,)
+    found.append(proxy)
     # After Caddy: it reads every service above, and is reached only through the proxy.
     found.append(metrics.service(ctx))
     if dask_on:

@@ -56,7 +56,7 @@ from flowyard.client.profile import DASK_CA_CERT, DASK_CLIENT_CERT, DASK_CLIENT_
 from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK
 from flowyard.files import write_private
-from flowyard.services import local_worker, worker_python
+from flowyard.services import caddy, local_worker, worker_python
 from flowyard.services.base import Service, binary, ensure_system_user
 
 SCHEDULER = "dask-scheduler"
@@ -416,6 +416,8 @@ def worker_service(ctx: Context, index: int) -> Service:
         cwd=data(ctx),
         user=system_user(ctx),
         ports={f"dask.worker_port + {index}": cfg.worker_ports()[index]},
+        # Its scheduler, and the proxy its tasks reach the API and S3 through.
+        after=(SCHEDULER, caddy.NAME),
         ready=lambda: worker_ready(ctx, index),
         ready_timeout=60,
         start_secs=2,
