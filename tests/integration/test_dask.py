@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
+from flowyard import pki
 from flowyard.client.env import DASK_TLS_KEYS, child_env
 from flowyard.config.context import Context
 from flowyard.errors import FlowyardError
@@ -136,10 +137,10 @@ def test_flowyard_env_makes_a_plain_client_connect_through_the_proxy(cluster: Co
 def test_no_client_certificate_no_connection(cluster: Context, tmp_path: Path) -> None:
     env = env_output(cluster)
     # A certificate from another CA: the proxy refuses it in the handshake.
-    other_ca, other_key = dask_service._new_ca()
-    cert, key = dask_service._issue(other_ca, other_key, "intruder")
-    (tmp_path / "c.crt").write_bytes(cert)
-    (tmp_path / "c.key").write_bytes(key)
+    other_ca, other_key = pki.new_ca("Intruder CA")
+    cert, key = pki.issue(other_ca, other_key, "intruder", dask_service.NODE_NAMES)
+    (tmp_path / "c.crt").write_bytes(pki.cert_pem(cert))
+    (tmp_path / "c.key").write_bytes(pki.key_pem(key))
     env[DASK_TLS_KEYS["client_cert"]] = str(tmp_path / "c.crt")
     env[DASK_TLS_KEYS["client_key"]] = str(tmp_path / "c.key")
     refused = dask_client(
@@ -159,12 +160,12 @@ def test_no_client_certificate_no_connection(cluster: Context, tmp_path: Path) -
     # that verifies the server but has no certificate gets no session.
     ca = ssl.create_default_context(cafile=str(cluster.paths.ca_cert))
     ca.check_hostname = False
-    pki = ssl.create_default_context(cafile=str(cluster.paths.dask_pki / "ca.crt"))
-    pki.check_hostname = False
+    dask_ca = ssl.create_default_context(cafile=str(cluster.paths.dask_pki / "ca.crt"))
+    dask_ca.check_hostname = False
     for host, port, context in [
         (cluster.config.proxy.listen_address, cluster.config.dask.https_port, ca),
-        ("127.0.0.1", cluster.config.dask.scheduler_port, pki),
-        ("127.0.0.1", cluster.config.dask.worker_port, pki),
+        ("127.0.0.1", cluster.config.dask.scheduler_port, dask_ca),
+        ("127.0.0.1", cluster.config.dask.worker_port, dask_ca),
     ]:
         with (
             pytest.raises((ssl.SSLError, ConnectionError)),

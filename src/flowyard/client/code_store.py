@@ -48,6 +48,14 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def object_sha256(client: Any, bucket: str, key: str) -> str:
+    """An S3 object's sha256, read in 1 MiB chunks (backups' and deployments' checks)."""
+    h = hashlib.sha256()
+    for chunk in client.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
 def digest(files: dict[str, str]) -> str:
     """One sha256 for a project: over each file's relative path and sha256, sorted."""
     h = hashlib.sha256()

@@ -12,7 +12,6 @@ root that clients already trust.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
+from flowyard.client import code_store
 from flowyard.config.context import Context
 from flowyard.config.load import load_config
 from flowyard.config.paths import Paths
@@ -236,7 +236,7 @@ def _restore_bucket(ctx: Context, backup: Path, bucket: str, reporter: Reporter)
         wrong = []
         for obj in objects:
             try:
-                digest = _stored_sha256(client, bucket, obj["key"])
+                digest = code_store.object_sha256(client, bucket, obj["key"])
             except ClientError as exc:
                 digest = f"unreadable ({exc.response.get('Error', {}).get('Code')})"
             if digest != obj["sha256"]:
@@ -249,13 +249,6 @@ def _restore_bucket(ctx: Context, backup: Path, bucket: str, reporter: Reporter)
                 fix="Check `flowyard logs seaweedfs` and the disk under data/.",
             )
         task.summary = f"{len(objects)} objects, sha256 match"
-
-
-def _stored_sha256(client: Any, bucket: str, key: str) -> str:
-    digest = hashlib.sha256()
-    for chunk in client.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(1 << 20):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def restore(

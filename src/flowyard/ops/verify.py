@@ -11,7 +11,6 @@ what to do.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,13 +54,6 @@ def _listing(client: Any, bucket: str, prefix: str) -> dict[str, int]:
     return keys
 
 
-def _sha256(client: Any, bucket: str, key: str) -> str:
-    digest = hashlib.sha256()
-    for chunk in client.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(1 << 20):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _content_problems(
     client: Any, name: str, bucket: str, folder: str, listed: dict[str, int]
 ) -> list[str]:
@@ -83,7 +75,10 @@ def _content_problems(
         key = f"{folder}/{rel}"
         if key not in listed:
             problems.append(f"{where}{rel} is missing")
-        elif listed[key] != entry["size"] or _sha256(client, bucket, key) != entry["sha256"]:
+        elif (
+            listed[key] != entry["size"]
+            or code_store.object_sha256(client, bucket, key) != entry["sha256"]
+        ):
             problems.append(f"{where}{rel} is damaged (sha256 differs from the code's marker)")
     return problems
 

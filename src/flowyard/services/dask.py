@@ -36,7 +36,6 @@ clients, flow runs and remote workers come through the proxy.
 
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
 import os
 import socket
@@ -46,11 +45,8 @@ from typing import Any
 
 import httpx
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from flowyard import pki
 from flowyard.client.env import DASK_TLS_KEYS, worker_client_env
 from flowyard.client.profile import DASK_CA_CERT, DASK_CLIENT_CERT, DASK_CLIENT_KEY, DASK_DATA
 from flowyard.config.context import Context
@@ -67,136 +63,47 @@ NODE_CERT = "node.crt"
 NODE_KEY = "node.key"
 # flowyard.dask_cluster's `dask_setup` closes each worker's plain-HTTP diagnostics server.
 PRELOAD = "flowyard.dask_cluster"
-CERT_DAYS = 3650
 
 
 # -- the cluster's CA and certificates ------------------------------------------------------
 
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Flowyard"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _new_ca() -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    name = _name("Flowyard Dask CA")
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
-
-
-def _issue(ca_pem: bytes, ca_key_pem: bytes, common_name: str) -> tuple[bytes, bytes]:
-    """A certificate for both ends of a TLS session (Dask nodes serve and connect with the
-    same one), for loopback names: Dask checks the chain, not host names."""
-    ca = x509.load_pem_x509_certificate(ca_pem)
-    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        # Caddy checks the scheduler's certificate against the upstream's address.
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(LOOPBACK))]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
-
-
-def _signed_by(cert_pem: bytes, ca_pem: bytes) -> bool:
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return cert.not_valid_after_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+# Caddy checks the scheduler's certificate against the upstream's address; Dask checks the
+# chain, not host names.
+NODE_NAMES: list[x509.GeneralName] = [
+    x509.DNSName("localhost"),
+    x509.IPAddress(ipaddress.ip_address(LOOPBACK)),
+]
 
 
 def ensure_pki(ctx: Context) -> None:
     """The Dask CA and its `node` and `client` certificates; made once, kept across
     restarts (and in backups: they are under FLOWYARD_HOME), reissued when missing, expiring
     or not signed by the current CA."""
-    pki = ctx.paths.dask_pki
-    pki.mkdir(parents=True, exist_ok=True)
-    pki.chmod(0o700)
-    ca_file, ca_key_file = pki / CA_CERT, pki / CA_KEY
+    pki_dir = ctx.paths.dask_pki
+    pki_dir.mkdir(parents=True, exist_ok=True)
+    pki_dir.chmod(0o700)
+    ca_file, ca_key_file = pki_dir / CA_CERT, pki_dir / CA_KEY
     if not (ca_file.exists() and ca_key_file.exists()):
-        cert, key = _new_ca()
-        write_private(ca_key_file, key)
-        write_private(ca_file, cert)
-    ca, ca_key = ca_file.read_bytes(), ca_key_file.read_bytes()
+        new_ca, new_ca_key = pki.new_ca("Flowyard Dask CA")
+        write_private(ca_key_file, pki.key_pem(new_ca_key))
+        write_private(ca_file, pki.cert_pem(new_ca))
+    ca_pem = ca_file.read_bytes()
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    ca_key = pki.load_key(ca_key_file.read_bytes())
     for cert_name, key_name, cn in [
         (NODE_CERT, NODE_KEY, "flowyard-dask-node"),
         (DASK_CLIENT_CERT, DASK_CLIENT_KEY, "flowyard-dask-client"),
     ]:
-        cert_path = pki / cert_name
+        cert_path, key_path = pki_dir / cert_name, pki_dir / key_name
         if (
             cert_path.exists()
-            and (pki / key_name).exists()
-            and _signed_by(cert_path.read_bytes(), ca)
+            and key_path.exists()
+            and pki.current(cert_path.read_bytes(), key_path.read_bytes(), ca_pem)
         ):
             continue
-        cert, key = _issue(ca, ca_key, cn)
-        write_private(pki / key_name, key)
-        write_private(cert_path, cert)
+        cert, key = pki.issue(ca, ca_key, cn, NODE_NAMES)
+        write_private(key_path, pki.key_pem(key))
+        write_private(cert_path, pki.cert_pem(cert))
 
 
 # -- the processes ----------------------------------------------------------------------------

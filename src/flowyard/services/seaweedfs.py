@@ -18,7 +18,6 @@ written anywhere, so nothing can issue another certificate it trusts.
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
 import os
@@ -31,11 +30,8 @@ import tomli_w
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from flowyard import pki
 from flowyard.client.api import local_http
 from flowyard.config.context import Context
 from flowyard.config.model import GRPC_OFFSET, LOOPBACK
@@ -115,8 +111,6 @@ def local_socket(ctx: Context, name: str) -> str:
 GRPC_COMPONENTS = ("master", "volume", "filer", "s3", "admin", "worker", "client")
 HTTPS_COMPONENTS = ("master", "volume", "filer", "admin")
 # A certificate is renewed at `up` once it has less than this left.
-TLS_RENEW_BEFORE = datetime.timedelta(days=30)
-TLS_VALIDITY = datetime.timedelta(days=3650)
 
 
 def mutual_tls(ctx: Context) -> bool:
@@ -153,21 +147,13 @@ def _tls_current(ctx: Context) -> bool:
     """The files exist, belong together, name today's hosts and are not about to expire."""
     files = tls_files(ctx)
     try:
-        ca = x509.load_pem_x509_certificate(files["ca"].read_bytes())
-        cert = x509.load_pem_x509_certificate(files["cert"].read_bytes())
-        key = serialization.load_pem_private_key(files["key"].read_bytes(), password=None)
-        cert.verify_directly_issued_by(ca)
+        cert = pki.current(*(files[k].read_bytes() for k in ("cert", "key", "ca")))
+        if cert is None:
+            return False
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (OSError, ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
+    except (OSError, x509.ExtensionNotFound):
         return False
-    public = serialization.PublicFormat.SubjectPublicKeyInfo
-    pem = serialization.Encoding.PEM
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        key.public_key().public_bytes(pem, public) == cert.public_key().public_bytes(pem, public)
-        and set(_tls_names(ctx)) <= set(names)
-        and min(ca.not_valid_after_utc, cert.not_valid_after_utc) - now > TLS_RENEW_BEFORE
-    )
+    return set(_tls_names(ctx)) <= set(names)
 
 
 def ensure_tls(ctx: Context) -> None:
@@ -179,62 +165,14 @@ def ensure_tls(ctx: Context) -> None:
     """
     if _tls_current(ctx):
         return
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Flowyard SeaweedFS CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + TLS_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "seaweedfs")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + TLS_VALIDITY)
-        .add_extension(x509.SubjectAlternativeName(_tls_names(ctx)), critical=False)
-        # One certificate for both directions: weed's servers and its internal clients.
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca, ca_key = pki.new_ca("Flowyard SeaweedFS CA")
+    # One certificate for both directions: weed's servers and its internal clients.
+    cert, key = pki.issue(ca, ca_key, "seaweedfs", _tls_names(ctx))
     files = tls_files(ctx)
     files["key"].parent.mkdir(mode=0o700, exist_ok=True)
-    pem = serialization.Encoding.PEM
-    write_private(
-        files["key"],
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    )
-    write_private(files["cert"], cert.public_bytes(pem))
-    write_private(files["ca"], ca.public_bytes(pem))
+    write_private(files["key"], pki.key_pem(key))
+    write_private(files["cert"], pki.cert_pem(cert))
+    write_private(files["ca"], pki.cert_pem(ca))
 
 
 def render_security_toml(ctx: Context) -> str:
