@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,8 +95,17 @@ def port_free(port: int, host: str = LOOPBACK) -> bool:
         return True
 
 
+# Services are prepared on threads of their own (`platform.startup`), some for one account.
+_USERADD = threading.Lock()
+
+
 def ensure_system_user(name: str) -> pwd.struct_passwd:
     """The unprivileged account a service runs as under a root install; created if missing."""
+    with _USERADD:
+        return _ensure_system_user(name)
+
+
+def _ensure_system_user(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:

@@ -20,6 +20,7 @@ import shutil
 import stat
 import sys
 import sysconfig
+import threading
 from pathlib import Path
 
 from flowyard.config.context import Context
@@ -77,8 +78,18 @@ def _stamp() -> str:
     return f"{real} {real.stat().st_mtime_ns} {sys.version}\n"
 
 
+# `up` prepares services on threads of its own, and the worker and the Dask processes share
+# this runtime: one copy at a time.
+_ENSURING = threading.Lock()
+
+
 def ensure(ctx: Context) -> None:
     """Link the runtime into `data/pydist` unless it is there for this interpreter."""
+    with _ENSURING:
+        _ensure(ctx)
+
+
+def _ensure(ctx: Context) -> None:
     dist = root(ctx)
     stamp = dist / ".source"
     if stamp.exists() and stamp.read_text() == _stamp():
