@@ -408,10 +408,11 @@ class RetentionConfig(_Section):
 
 class HygieneConfig(_Section):
     zombie_heartbeat_seconds: int = Field(
-        90,
+        120,
         ge=60,
         description="A running flow run whose heartbeat (sent every 30 s) stops this long is "
-        "marked Crashed.",
+        "marked Crashed. An API outage shorter than this minus 60 s never crashes a healthy "
+        "run (heartbeats sent during an outage are lost).",
     )
     late_after_seconds: int = Field(
         15, ge=5, description="A scheduled run this late is marked Late."
