@@ -4,8 +4,9 @@ cut, PostgreSQL's disk full, and a power loss (everything killed at once).
 
 One platform for the module, with what the faults need: MLflow on, a second host in a network
 namespace (Caddy listens on the link to it), PostgreSQL's data directory on a small tmpfs (root
-and mount(8) needed, else the disk-full test is skipped), and a zombie threshold of 90 s: the
-shortest whose promised API outage (threshold - 60 s) fits an API restart. The power-loss test
+and mount(8) needed, else the disk-full test is skipped), and the default zombie threshold
+(120 s), whose promised API outage (threshold - 60 s) holds an API restart with room to spare
+on a loaded machine (a graceful stop alone can take 15 s). The power-loss test
 kills everything, so it runs last. Every test's docstring starts with its guarantee; the table
 in docs/operations.md repeats them.
 """
@@ -58,7 +59,7 @@ pytestmark = pytest.mark.timeout(600)
 FAULTS = Path(__file__).parent / "projects" / "faults"
 EXTRA = Path(__file__).parent / "projects" / "extra"
 BIN = Path(sys.executable).parent
-ZOMBIE_SECONDS = 90  # API_PROMISE below is 30 s: an API restart fits in it
+ZOMBIE_SECONDS = 120  # the default: API_PROMISE below is 60 s, room for an API restart
 PG_DISK = "320m"  # initdb, both databases and a few WAL segments fit with room to spare
 
 
@@ -193,20 +194,26 @@ def states(ctx: Context, run_id: str) -> list[str]:
 
 
 def test_api_outage_within_the_promised_length(yard: Context) -> None:
-    """guarantee: an API outage shorter than `hygiene.zombie_heartbeat_seconds` - 60 s (30 s
+    """guarantee: an API outage shorter than `hygiene.zombie_heartbeat_seconds` - 60 s (60 s
     here), even one that starts just before a heartbeat is due, never marks a healthy run
     Crashed: its heartbeats resume after the outage and it completes with its result."""
-    run_id = create_run(yard, "steady/steady", seconds=80)
+    # Long enough for a heartbeat after an outage as long as the promise.
+    run_id = create_run(yard, "steady/steady", seconds=API_PROMISE + 90)
     wait_state(yard, run_id, {"RUNNING"}, timeout=240)
     first_heartbeat(yard, run_id)
     # The worst moment: the next heartbeat is due in 4 s, and will meet the outage.
     due = max(heartbeats(yard, run_id)) + dt.timedelta(seconds=30 - 4)
     time.sleep(max(0.0, (due - dt.datetime.now(dt.UTC)).total_seconds()))
-    sup = Supervisor(yard.paths)
+    # A crash, restarted by supervisord: a graceful stop alone can take 15 s on a loaded
+    # machine, which would eat the margin this test needs to be about the promise.
+    old = supervisor_pid(yard, prefect_api.NAME)
     began = time.monotonic()
-    sup.stop_process(prefect_api.NAME)
-    sup.start_process(prefect_api.NAME)
-    wait_for(lambda: prefect_api.is_ready(yard), 120, "the API back")
+    os.kill(old, signal.SIGKILL)
+    wait_for(
+        lambda: supervisor_pid(yard, prefect_api.NAME) != old and prefect_api.is_ready(yard),
+        timeout=120,
+        what="the API restarted by supervisord",
+    )
     back, outage = dt.datetime.now(dt.UTC), time.monotonic() - began
     wait_for(
         lambda: max(heartbeats(yard, run_id)) > back,
@@ -463,7 +470,8 @@ def test_power_loss(yard: Context) -> None:
     in_flight = create_run(yard, "steady/steady", seconds=600)
     wait_state(yard, done, {"COMPLETED"}, timeout=240)
     wait_state(yard, in_flight, {"RUNNING"}, timeout=240)
-    first_heartbeat(yard, in_flight)
+    # Two heartbeats: the first has surely been through the zombie automation's trigger.
+    wait_for(lambda: len(heartbeats(yard, in_flight)) >= 2, 90, "two heartbeats")
     pids = platform_pids(yard)
     assert len(pids) >= 8, pids
     for pid in pids:
