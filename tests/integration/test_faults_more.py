@@ -51,6 +51,7 @@ from tests.integration.runs import (
     events,
     flow_run,
     result_value,
+    run_pids,
     wait_state,
 )
 
@@ -499,7 +500,13 @@ def test_power_loss(yard: Context) -> None:
     for run in completed:
         assert result_value(yard, run) == "x" * run["parameters"].get("size", 1000), run["id"]
     left = ZOMBIE_SECONDS + 60 - (time.monotonic() - up_at)
-    run = wait_state(yard, in_flight, TERMINAL, timeout=max(left, 10))
+    try:
+        run = wait_state(yard, in_flight, TERMINAL, timeout=max(left, 10))
+    except AssertionError as exc:
+        # Tell a run the automation missed from one whose process outlived the kill.
+        alive = run_pids(yard, in_flight)
+        beats = [str(t) for t in heartbeats(yard, in_flight)]
+        raise AssertionError(f"{exc}; processes alive: {alive}; heartbeats: {beats}") from exc
     assert run["state_type"] == "CRASHED", run["state"]
     after = wait_state(yard, create_run(yard, "steady/steady", seconds=0), TERMINAL, 240)
     assert after["state_type"] == "COMPLETED", after["state"]
