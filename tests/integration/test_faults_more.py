@@ -169,7 +169,7 @@ def test_prefect_services_killed(yard: Context) -> None:
             assert run["state_type"] == "COMPLETED", (run_id, run["state"])
             assert run["run_count"] == 1, run
         wait_for(lambda: deployment_slots(yard, dep["id"]) == 0, 60, "the slot released")
-        # The holder completed while the event persister was dead: its event is recorded.
+        # Events sent while the persister was down wait in Redis: the holder's are recorded.
         wait_for(
             lambda: bool(events(yard, f"prefect.flow-run.{holder}", "prefect.flow-run.Completed")),
             timeout=90,
