@@ -411,8 +411,8 @@ class HygieneConfig(_Section):
         120,
         ge=60,
         description="A running flow run whose heartbeat (sent every 30 s) stops this long is "
-        "marked Crashed. An API outage shorter than this minus 60 s never crashes a healthy "
-        "run (heartbeats sent during an outage are lost).",
+        "marked Crashed. Heartbeats sent during an API outage are lost: keep it at least 60 s "
+        "above the longest outage to ride out (docs/operations.md).",
     )
     late_after_seconds: int = Field(
         15, ge=5, description="A scheduled run this late is marked Late."
