@@ -19,9 +19,24 @@ class RemoteHost:
     namespace: str
     host_ip: str  # the platform side of the link
     remote_ip: str
+    remote_if: str  # the namespace's end of the veth: `ip link set ... down` cuts the link
 
     def prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.namespace]
+
+    def link(self, up: bool) -> None:
+        """Cut (or restore) the second host's only link, as a pulled cable would: no RST,
+        packets in flight are dropped and open connections stall."""
+        _ip(
+            "netns",
+            "exec",
+            self.namespace,
+            "ip",
+            "link",
+            "set",
+            self.remote_if,
+            "up" if up else "down",
+        )
 
 
 def _ip(*args: str) -> None:
@@ -53,7 +68,7 @@ def remote_host() -> Iterator[RemoteHost | None]:
         _ip("netns", "exec", ns, "ip", "addr", "add", f"{remote_ip}/30", "dev", ns_if)
         _ip("netns", "exec", ns, "ip", "link", "set", ns_if, "up")
         _ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        yield RemoteHost(namespace=ns, host_ip=host_ip, remote_ip=remote_ip)
+        yield RemoteHost(namespace=ns, host_ip=host_ip, remote_ip=remote_ip, remote_if=ns_if)
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)

@@ -132,13 +132,13 @@ def test_results_are_persisted_by_default_to_the_s3_block(
     assert client["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] == "s3-bucket/flowyard-results"
 
 
-def test_flow_runs_beat_every_30_seconds_and_are_crashed_after_90_without(
+def test_flow_runs_beat_every_30_seconds_and_are_crashed_after_120_without(
     home: Path, client: dict[str, str], stock: dict[str, Any]
 ) -> None:
     assert stock["heartbeat_frequency"] == 180
     assert client["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
     config = tomllib.loads((home / "flowyard.toml").read_text())
-    assert config["hygiene"]["zombie_heartbeat_seconds"] == 90
+    assert config["hygiene"]["zombie_heartbeat_seconds"] == 120
 
 
 def test_clients_retry_500(client: dict[str, str], stock: dict[str, Any]) -> None:

@@ -419,10 +419,11 @@ class RetentionConfig(_Section):
 
 class HygieneConfig(_Section):
     zombie_heartbeat_seconds: int = Field(
-        90,
+        120,
         ge=60,
         description="A running flow run whose heartbeat (sent every 30 s) stops this long is "
-        "marked Crashed.",
+        "marked Crashed. Heartbeats sent during an API outage are lost: keep it at least 60 s "
+        "above the longest outage to ride out (docs/operations.md).",
     )
     late_after_seconds: int = Field(
         15, ge=5, description="A scheduled run this late is marked Late."

@@ -374,7 +374,8 @@ def status(ctx: Context) -> list[ServiceStatus]:
                 pid=info["pid"] if info and running else None,
                 uptime_seconds=(info["now"] - info["start"]) if info and running else None,
                 ready=running and service.ready(),
-                problem=service.problem() if running and service.problem else None,
+                # Also while it is down: a full disk is why PostgreSQL cannot start again.
+                problem=service.problem() if info and service.problem else None,
                 pss_mib=_pss_mib(info["pid"]) if info and running else None,
             )
         )

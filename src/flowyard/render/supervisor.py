@@ -22,7 +22,7 @@ def _program(service: Service, paths: Paths) -> list[str]:
         "autostart=false",
         "autorestart=true",
         f"startsecs={service.start_secs}",
-        "startretries=3",
+        f"startretries={service.start_retries}",
         f"stopsignal={service.stop_signal}",
         f"stopwaitsecs={service.stop_wait}",
         # Stop and kill the whole process group: a worker's flow-run children go with it.

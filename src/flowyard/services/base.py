@@ -38,6 +38,9 @@ class Service:
     ready_timeout: float = 90.0
     # Seconds a process must stay up before supervisor calls it started.
     start_secs: int = 1
+    # Starts supervisor retries when the process dies within start_secs, each one second
+    # later than the one before, before it gives up on the service (FATAL).
+    start_retries: int = 3
     stop_signal: str = "TERM"
     stop_wait: int = 20
     # Runs before the process starts (initdb, config files); must be idempotent.

@@ -340,6 +340,10 @@ def service(ctx: Context) -> Service:
         # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM waits for clients to leave.
         stop_signal="INT",
         stop_wait=60,
+        # On a full disk PostgreSQL's checkpointer PANICs and crash recovery then fails at
+        # once until space is freed: keep retrying (for about two hours, at most two minutes
+        # apart) so it comes back by itself when space returns, instead of staying FATAL.
+        start_retries=120,
         prepare=lambda: prepare(ctx),
         bootstrap=lambda: bootstrap(ctx),
         problem=lambda: disk_full(data_dir(ctx), "PostgreSQL"),
