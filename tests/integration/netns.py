@@ -6,12 +6,15 @@ listens; every other platform service binds 127.0.0.1 of the host namespace.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,36 @@ class RemoteHost:
 
     def prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.namespace]
+
+    def join_worker(
+        self, proxy_url: str, join: Path, workdir: Path, log: Path, *options: str
+    ) -> subprocess.Popen[bytes]:
+        """`flowyard worker join` on this host, as a user there would run it: a clean
+        environment (nothing of the server's settings, only the join file), its own home
+        under `workdir`, output in `log`."""
+        home = workdir / "remote-home"
+        home.mkdir(exist_ok=True)
+        env = {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8"}
+        with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen(
+                [
+                    *self.prefix(),
+                    str(Path(sys.executable).parent / "flowyard"),
+                    "worker",
+                    "join",
+                    proxy_url,
+                    "--join-file",
+                    str(join),
+                    "--home",
+                    str(home / "worker"),
+                    *options,
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=home,
+            )
 
     def link(self, up: bool) -> None:
         """Cut (or restore) the second host's only link, as a pulled cable would: no RST,

@@ -35,7 +35,6 @@ from tests.integration.netns import RemoteHost, remote_host
 from tests.integration.runs import create_run, deploy, wait_state
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 LOCAL_WORKERS = 2
 AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
 
@@ -262,33 +261,12 @@ def start_remote_dask_worker(
     join = tmp_path / "join.toml"
     made = flowyard_cli(ctx, "worker", "join-file", "--out", str(join))
     assert made.returncode == 0, made.stderr
-    remote_home = tmp_path / "remote-home"
-    remote_home.mkdir()
-    # A clean environment: nothing of the server's settings, only the join file.
-    env = {"PATH": os.environ["PATH"], "HOME": str(remote_home), "LANG": "C.UTF-8"}
-    log = open(tmp_path / "remote-dask.log", "wb")  # noqa: SIM115
-    return subprocess.Popen(
-        [
-            *remote.prefix(),
-            str(BIN / "flowyard"),
-            "worker",
-            "join",
-            ctx.config.proxy.url,
-            "--join-file",
-            str(join),
-            "--home",
-            str(remote_home / "worker"),
-            "--dask",
-            "--threads",
-            "1",
-            "--name",
-            name,
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=remote_home,
+    return remote.join_worker(
+        ctx.config.proxy.url,
+        join,
+        tmp_path,
+        tmp_path / "remote-dask.log",
+        *("--dask", "--threads", "1", "--name", name),
     )
 
 

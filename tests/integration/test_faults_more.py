@@ -59,7 +59,6 @@ pytestmark = pytest.mark.timeout(600)
 
 FAULTS = Path(__file__).parent / "projects" / "faults"
 EXTRA = Path(__file__).parent / "projects" / "extra"
-BIN = Path(sys.executable).parent
 ZOMBIE_SECONDS = 120  # the default: API_PROMISE below is 60 s, room for an API restart
 PG_DISK = "320m"  # initdb, both databases and a few WAL segments fit with room to spare
 
@@ -337,31 +336,8 @@ def remote_worker(
     join = workdir / "join.toml"
     made = flowyard_cli(ctx, "worker", "join-file", "--pool", "remote", "--out", str(join))
     assert made.returncode == 0, made.stderr
-    home = workdir / "remote-home"
-    home.mkdir()
     log_path = workdir / "remote-worker.log"
-    log = open(log_path, "wb")  # noqa: SIM115
-    env = {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8"}
-    proc = subprocess.Popen(
-        [
-            *host.prefix(),
-            str(BIN / "flowyard"),
-            "worker",
-            "join",
-            ctx.config.proxy.url,
-            "--join-file",
-            str(join),
-            "--home",
-            str(home / "worker"),
-            "--name",
-            "cut-off",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=home,
-    )
+    proc = host.join_worker(ctx.config.proxy.url, join, workdir, log_path, "--name", "cut-off")
     return proc, log_path
 
 

@@ -230,30 +230,13 @@ def test_remote_worker_through_proxy_only(
         ]
     )
     assert probe.returncode != 0
-    remote_home = tmp_path / "remote-home"
-    # A clean environment: nothing of the server's settings, only the join file.
-    env = {"PATH": os.environ["PATH"], "HOME": str(remote_home), "LANG": "C.UTF-8"}
-    remote_home.mkdir()
-    log = open(tmp_path / "remote-worker.log", "wb")  # noqa: SIM115
-    worker = subprocess.Popen(
-        [
-            *remote.prefix(),
-            str(BIN / "flowyard"),
-            "worker",
-            "join",
-            deployed.config.proxy.url,
-            "--join-file",
-            str(join),
-            "--home",
-            str(remote_home / "worker"),
-            "--name",
-            "remote-netns",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=remote_home,
+    worker = remote.join_worker(
+        deployed.config.proxy.url,
+        join,
+        tmp_path,
+        tmp_path / "remote-worker.log",
+        "--name",
+        "remote-netns",
     )
     try:
         run_id = create_run(deployed, "hello/hello", name="from-afar")
