@@ -174,6 +174,11 @@ def test_pid_proof_needs_supervisord_with_this_conf_started_before_the_pidfile(
     try:
         time.sleep(0.5)
         pidfile = ctx.paths.supervisor_pid
+        # Empty: a supervisord starting right now has opened it and not yet written its PID.
+        # Removing it as stale would hide that supervisord from every later check.
+        pidfile.write_text("")
+        sup = Supervisor(ctx.paths)
+        assert sup.pid() is None and sup.stale is None and pidfile.exists()
         pidfile.write_text(f"{fake.pid}\n")
         assert Supervisor(ctx.paths).pid() == fake.pid
         # Written an hour before the process started: the PID was reused.

@@ -64,6 +64,11 @@ class Supervisor:
             written = pidfile.stat().st_mtime
         except OSError:
             return None
+        if not text:
+            # supervisord opens its pidfile (truncating it) before writing the PID: an
+            # empty file is most likely one being written right now, not a stale one.
+            # Removing it would hide the new supervisord for good.
+            return None
         try:
             pid = int(text)
         except ValueError:
