@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import sys
 from pathlib import Path
 
 import boto3
@@ -55,21 +56,15 @@ def check_connection(profile: ClientProfile, pool: str) -> list[str]:
     ca = str(profile.ca_file) if profile.ca_file else None
     verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
     done = []
-    try:
-        httpx.get(f"{url}/health", verify=verify, timeout=10).raise_for_status()
-    except httpx.ConnectError as exc:
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            raise FlowyardError(
-                f"The platform at {url} presented a certificate the join file's CA does not sign.",
-                fix="Copy a fresh join file from the server (its CA may have been replaced), and "
-                "connect by the host name the server's proxy.host names.",
-            ) from exc
-        host = httpx.URL(url).host
-        raise FlowyardError(
-            f"Cannot reach {url}: {exc}.",
-            fix=f"Check that this machine can reach {host} on the proxy's HTTPS port "
-            "(firewall, DNS) and that the platform is up.",
-        ) from exc
+    _get(
+        f"{url}/health",
+        verify,
+        f"the platform at {url}",
+        ca_fix="Copy a fresh join file from the server (its CA may have been replaced), and "
+        "connect by the host name the server's proxy.host names.",
+        reach_fix=f"Check that this machine can reach {httpx.URL(url).host} on the proxy's "
+        "HTTPS port (firewall, DNS) and that the platform is up.",
+    ).raise_for_status()
     done.append(f"API reachable, TLS verified: {url}")
     r = httpx.get(
         f"{url}/work_pools/{pool}",
@@ -131,6 +126,41 @@ def check_connection(profile: ClientProfile, pool: str) -> list[str]:
     return done
 
 
+def _get(
+    url: str,
+    verify: ssl.SSLContext | bool,
+    place: str,
+    *,
+    ca_fix: str,
+    reach_fix: str,
+    cert_fix: str | None = None,
+) -> httpx.Response:
+    """GET `url`, a failure to connect named by its cause: a server certificate the join
+    file's CA does not sign, this machine's client certificate refused (where `cert_fix`
+    says one is presented), or no route to `place`."""
+    try:
+        return httpx.get(url, verify=verify, timeout=10)
+    except (httpx.ConnectError, httpx.ReadError) as exc:
+        text = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            raise FlowyardError(
+                f"{place[0].upper()}{place[1:]} presented a certificate the join file's CA "
+                "does not sign.",
+                fix=ca_fix,
+            ) from exc
+        # A refused client certificate is a TLS alert from the server. Under TLS 1.3 the
+        # client's side of the handshake is over before the server checks its certificate,
+        # so the alert comes on the first read (a ReadError), not while connecting.
+        if cert_fix and "alert" in text.lower():
+            raise FlowyardError(
+                f"{place[0].upper()}{place[1:]} refused the join file's client certificate.",
+                fix=cert_fix,
+            ) from exc
+        if isinstance(exc, httpx.ReadError):
+            raise
+        raise FlowyardError(f"Cannot reach {place}: {exc}.", fix=reach_fix) from exc
+
+
 def default_worker_name() -> str:
     return f"remote-{socket.gethostname()}"
 
@@ -164,26 +194,15 @@ def check_dask(profile: ClientProfile) -> list[str]:
     verify.check_hostname = False
     verify.load_cert_chain(str(dask.cert_file), str(dask.key_file))
     try:
-        r = httpx.get(url, verify=verify, timeout=10)
-    except httpx.ConnectError as exc:
-        text = str(exc)
-        if "CERTIFICATE_VERIFY_FAILED" in text:
-            raise FlowyardError(
-                f"The platform's Dask port {dask.address} presented a certificate the join "
-                "file's CA does not sign.",
-                fix="Copy a fresh join file from the server.",
-            ) from exc
-        if "alert" in text.lower() or "certificate" in text.lower():
-            raise FlowyardError(
-                f"The platform's Dask port {dask.address} refused the join file's client "
-                "certificate.",
-                fix="The cluster's CA changed on the server: copy a fresh join file.",
-            ) from exc
-        raise FlowyardError(
-            f"Cannot reach the platform's Dask port {dask.address}: {exc}.",
-            fix=f"Check that this machine can reach {parts.host} on port {parts.port} "
+        r = _get(
+            url,
+            verify,
+            f"the platform's Dask port {dask.address}",
+            ca_fix="Copy a fresh join file from the server.",
+            reach_fix=f"Check that this machine can reach {parts.host} on port {parts.port} "
             "(the server's dask.https_port: firewall, DNS) and that the platform is up.",
-        ) from exc
+            cert_fix="The cluster's CA changed on the server: copy a fresh join file.",
+        )
     except httpx.HTTPError as exc:
         raise FlowyardError(
             f"The platform's Dask port {dask.address} failed: {exc}.",
@@ -228,8 +247,6 @@ def dask_worker_argv(
 ) -> list[str]:
     """`dask worker` for the platform's scheduler, through the proxy: it serves its own
     peers on `listen_host:port` (mutual TLS, the join file's certificate)."""
-    import sys
-
     assert profile.dask is not None
     listen = f"[{listen_host}]" if ":" in listen_host else listen_host
     contact_h = f"[{contact}]" if ":" in contact else contact
