@@ -1,10 +1,13 @@
 """Dask: per-task overhead of tiny tasks on the platform's Dask cluster, through the proxy.
 
-Three ways to run the same N tiny tasks (`x + 1`), each in a fresh client process with the
+Four ways to run the same N tiny tasks (`x + 1`), each in a fresh client process with the
 platform's client environment (`flowyard env`: the proxy's wss:// address, the client
-certificate): a Prefect flow with prefect-dask's `DaskTaskRunner` on the platform cluster
-(the candidate), the same flow with Prefect's default `ThreadPoolTaskRunner`, and raw
-`distributed.Client.map` on the same cluster (the reference). Each process warms up first
+certificate): a Prefect flow with `flowyard.dask_cluster.task_runner()` (prefect-dask's
+`DaskTaskRunner` for the platform's cluster, with the per-task context caches that module
+installs: the candidate); the same flow with a plain `DaskTaskRunner` (the flow's process
+without those caches; the platform's Dask workers preload them either way); the same flow
+with Prefect's default `ThreadPoolTaskRunner`; and raw `distributed.Client.map` on the same
+cluster (the reference). Each process warms up first
 (connection, first task), and only the fan-out of N tasks and the gathering of their results
 are timed. The goal (issue 15): Prefect on the platform's Dask adds no more than 2x raw
 Dask's per-task overhead.
@@ -35,11 +38,15 @@ PREFECT = textwrap.dedent(
     def tiny(x):
         return x + 1
 
-    runner = (
-        DaskTaskRunner(address=os.environ["DASK_SCHEDULER_ADDRESS"])
-        if kind == "dask"
-        else ThreadPoolTaskRunner()
-    )
+    if kind == "dask":
+        # The documented way: prefect-dask's runner for the platform's address, with the
+        # per-task context caches importing it installs.
+        from flowyard.dask_cluster import task_runner
+        runner = task_runner()
+    elif kind == "dask-plain":
+        runner = DaskTaskRunner(address=os.environ["DASK_SCHEDULER_ADDRESS"])
+    else:
+        runner = ThreadPoolTaskRunner()
 
     @flow(task_runner=runner, persist_result=False)
     def fan(n: int) -> float:
@@ -75,6 +82,10 @@ RAW = textwrap.dedent(
 )
 
 
+# Tasks for the plain DaskTaskRunner (at most): its per-task cost is the point, not its total.
+PLAIN_TASKS = 200
+
+
 def _measure(env: BenchEnv, script: str, *args: str) -> float:
     result = subprocess.run(
         [sys.executable, "-c", script, *args],
@@ -95,16 +106,22 @@ def run(env: BenchEnv, res: BenchResult) -> None:
         return
     n = env.plan.dask_tasks
     address = child_env(env.platform)["DASK_SCHEDULER_ADDRESS"]
-    res.candidate = f"Prefect flow, DaskTaskRunner on the platform cluster ({address})"
+    res.candidate = f"Prefect flow, flowyard.dask_cluster.task_runner() ({address})"
     res.reference = "raw distributed.Client.map on the same cluster, through the proxy"
     say(f"dask: {n} tiny tasks, raw Client.map")
     raw = _measure(env, RAW, str(n))
     say(f"dask: {n} tiny tasks, Prefect + DaskTaskRunner")
     dask = _measure(env, PREFECT, str(n), "dask")
+    # Half a second a task without the caches: fewer tasks keep the row within its time.
+    n_plain = min(n, PLAIN_TASKS)
+    say(f"dask: {n_plain} tiny tasks, Prefect + a plain DaskTaskRunner")
+    plain = _measure(env, PREFECT, str(n_plain), "dask-plain")
     say(f"dask: {n} tiny tasks, Prefect + ThreadPoolTaskRunner")
     threads = _measure(env, PREFECT, str(n), "threads")
-    ms = {k: v / n * 1000 for k, v in {"raw": raw, "dask": dask, "threads": threads}.items()}
-    res.details.update(tasks=n, seconds={"raw": raw, "dask": dask, "threads": threads})
+    seconds = {"raw": raw, "dask": dask, "plain": plain, "threads": threads}
+    tasks = {"raw": n, "dask": n, "plain": n_plain, "threads": n}
+    ms = {k: v / tasks[k] * 1000 for k, v in seconds.items()}
+    res.details.update(tasks=tasks, seconds=seconds)
     workers = env.platform.config.dask
     res.notes.append(
         f"{workers.workers} local Dask worker(s) x {workers.effective_threads} thread(s); "
@@ -112,6 +129,13 @@ def run(env: BenchEnv, res: BenchResult) -> None:
     )
     res.add(
         Figure("per task: DaskTaskRunner vs raw Client.map", "ms", ms["dask"], ms["raw"], n=n),
+        Figure(
+            "per task: task_runner() vs a plain DaskTaskRunner",
+            "ms",
+            ms["dask"],
+            ms["plain"],
+            n=n_plain,
+        ),
         Figure(
             "per task: ThreadPoolTaskRunner vs raw Client.map", "ms", ms["threads"], ms["raw"], n=n
         ),

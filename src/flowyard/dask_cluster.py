@@ -13,6 +13,9 @@ no plumbing of its own:
 It is a leaf like `flowyard.tracking` (flows import it on machines that have only the
 client), so it reads nothing of the platform's config.
 
+Importing it also removes two costs Prefect 3.9 pays for every task it sends to Dask, each
+for an answer that does not change from one task to the next (`_cache_prefect_context_costs`).
+
 `dask_setup` is the `--preload` of the platform's Dask workers (local and joined): it loads
 Prefect's integrations (a task's context needs the results block type) and closes
 the worker's diagnostics HTTP server, which Dask always starts on a port of its own after
@@ -22,7 +25,12 @@ its mutual-TLS comm port (services.dask says why).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import os
+import weakref
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prefect_dask import DaskTaskRunner
@@ -138,3 +146,103 @@ def _bind_websocket_listeners_to_their_host() -> None:
 
 
 _bind_websocket_listeners_to_their_host()
+
+
+# Prefect's own functions this module replaces, by name: tests compare their answers.
+PREFECT_ORIGINALS: dict[str, Any] = {}
+
+# How many distinct settings a Dask worker keeps built: one per flow run's settings, and a
+# worker serves few flow runs at a time.
+SETTINGS_CACHE_SIZE = 16
+
+
+def _cache_prefect_context_costs() -> None:
+    """Cache what Prefect 3.9 rebuilds for every task a flow sends to Dask. Measured with
+    py-spy on the platform's cluster, 100 tiny tasks: 483 ms a task, against 7 ms with
+    Prefect's thread-pool runner and 9 ms with raw `Client.map`.
+
+    - The flow's process serializes its context for each task (`serialize_context`). The
+      results-storage block in it (the platform's S3 bucket, with nested credentials) is
+      serialized with secrets, and Prefect's `Block._field_has_secrets` regenerates the
+      block's whole JSON schema for every field it checks: about 300 ms a task. Which fields
+      hold secrets depends on the block's class alone, so it is computed once per class.
+      The settings part (`SettingsContext.serialize`) is the same for every task of a run:
+      it is kept per settings context, as long as that context lives.
+    - Each task on a Dask worker rebuilds Prefect's settings from that serialized dict
+      (`hydrated_context`: pydantic-settings reads every source again): about 100 ms a task.
+      The settings built from the same dict, in the same worker process, are the same; the
+      worker keeps the last few and hands the same instance to each task of a run.
+    Each cached answer is compared with Prefect's own (`PREFECT_ORIGINALS`) in
+    tests/unit/test_dask.py, so a Prefect upgrade that changes these names fails there.
+    """
+    from prefect import context as prefect_context
+    from prefect import task_engine
+    from prefect.blocks.core import Block
+
+    PREFECT_ORIGINALS.update(
+        {
+            "Block._field_has_secrets": Block._field_has_secrets,
+            "SettingsContext.serialize": prefect_context.SettingsContext.serialize,
+            "hydrated_context": prefect_context.hydrated_context,
+        }
+    )
+
+    @functools.cache
+    def secret_fields(cls: type[Block]) -> tuple[str, ...]:
+        return tuple(cls.model_json_schema().get("secret_fields", []))
+
+    def field_has_secrets(self: Block, field_name: str) -> bool:
+        # Prefect's own test, over the cached list.
+        return any(
+            secret == field_name
+            or secret.startswith(f"{field_name}.")
+            or (secret.endswith(".*") and secret[:-2] == field_name)
+            for secret in secret_fields(type(self))
+        )
+
+    Block._field_has_secrets = field_has_secrets  # type: ignore[method-assign]
+
+    settings_context = prefect_context.SettingsContext
+    serialize = settings_context.serialize
+    serialized: dict[tuple[int, bool], tuple[weakref.ref[Any], dict[str, Any]]] = {}
+
+    def cached_serialize(self: Any, include_secrets: bool = True) -> dict[str, Any]:
+        key = (id(self), include_secrets)
+        hit = serialized.get(key)
+        if hit is not None and hit[0]() is self:
+            return hit[1]
+        result = serialize(self, include_secrets=include_secrets)
+        serialized[key] = (weakref.ref(self, lambda _: serialized.pop(key, None)), result)
+        return result
+
+    settings_context.serialize = cached_serialize  # type: ignore[method-assign]
+
+    hydrate = prefect_context.hydrated_context
+    built: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def hydrated_context(
+        serialized_context: dict[str, Any] | None = None, client: Any = None
+    ) -> Iterator[None]:
+        given = (serialized_context or {}).get("settings_context") or {}
+        if isinstance(given.get("settings"), dict):
+            key = json.dumps(given, sort_keys=True, default=str)
+            settings = built.get(key)
+            if settings is None:
+                # Built exactly as Prefect builds it, once.
+                settings = settings_context(**given).settings
+                while len(built) >= SETTINGS_CACHE_SIZE:
+                    built.pop(next(iter(built)))
+                built[key] = settings
+            assert serialized_context is not None
+            serialized_context = {
+                **serialized_context,
+                "settings_context": {**given, "settings": settings},
+            }
+        with hydrate(serialized_context, client):
+            yield
+
+    task_engine.hydrated_context = hydrated_context
+
+
+_cache_prefect_context_costs()

@@ -7,6 +7,7 @@ import ssl
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -202,3 +203,63 @@ def test_the_cluster_starts_in_the_graph_before_the_proxy_and_its_workers_after(
     workers = [s for s in services if s.name.startswith(dask_service.WORKER)]
     needs = {dask_service.SCHEDULER, "caddy"}
     assert len(workers) == 2 and all(needs <= set(w.after) for w in workers)
+
+
+def test_prefect_context_caches_answer_as_prefect_does() -> None:
+    """What `flowyard.dask_cluster` caches for every task sent to Dask equals what Prefect
+    computes, and is reused (so the cache can be seen to work)."""
+    import prefect.context as prefect_context
+    from prefect import task_engine
+    from prefect.blocks.core import Block
+    from prefect.settings import Settings
+    from prefect.utilities.dispatch import get_registry_for_type
+    from prefect_aws import AwsCredentials, S3Bucket
+
+    from flowyard import dask_cluster
+
+    originals = dask_cluster.PREFECT_ORIGINALS
+    assert task_engine.hydrated_context is not originals["hydrated_context"]
+
+    # Which fields hold secrets: the same answer for every field of every block type.
+    blocks = {cls for cls in (get_registry_for_type(Block) or {}).values()}
+    assert {S3Bucket, AwsCredentials} <= blocks
+    checked = 0
+    for cls in blocks:
+        block = cls.model_construct()
+        for field in cls.model_fields:
+            ours = block._field_has_secrets(field)
+            assert ours == originals["Block._field_has_secrets"](block, field), (cls, field)
+            checked += ours
+    assert checked, "no block field holds a secret: the comparison proved nothing"
+
+    # The settings context serialized once, and equal to Prefect's serialization.
+    current = prefect_context.SettingsContext.get()
+    assert current is not None
+    first = current.serialize()
+    assert current.serialize() is first
+    assert first == originals["SettingsContext.serialize"](current)
+    assert current.serialize(include_secrets=False) == originals["SettingsContext.serialize"](
+        current, include_secrets=False
+    )
+
+    # A worker's task: the settings built once per serialized dict, equal to Prefect's build.
+    # (A client given: without one, Prefect would start a temporary server of its own.)
+    client: Any = object()
+
+    def hydrated(context: dict[str, object]) -> Settings:
+        with task_engine.hydrated_context(context, client):
+            got = prefect_context.SettingsContext.get()
+            assert got is not None
+            return got.settings
+
+    context = prefect_context.serialize_context()
+    a, b = hydrated(context), hydrated(context)
+    assert a is b
+    with originals["hydrated_context"](context, client):
+        reference = prefect_context.SettingsContext.get()
+        assert reference is not None and reference.settings is not a
+        assert reference.settings.model_dump() == a.model_dump()
+    other = json.loads(json.dumps(context["settings_context"], default=str))
+    other["settings"].setdefault("logging", {})["level"] = "DEBUG"
+    changed = hydrated({**context, "settings_context": other})
+    assert changed is not a and changed.logging.level == "DEBUG"
