@@ -125,10 +125,10 @@ def run(env: BenchEnv, res: BenchResult) -> None:
     workers = env.platform.config.dask
     res.notes.append(
         f"{workers.workers} local Dask worker(s) x {workers.effective_threads} thread(s); "
-        f"goal: DaskTaskRunner per task <= 2x raw Dask's ({ms['dask'] / ms['raw']:.1f}x here)"
+        f"goal: task_runner() per task <= 2x raw Dask's ({ms['dask'] / ms['raw']:.1f}x here)"
     )
     res.add(
-        Figure("per task: DaskTaskRunner vs raw Client.map", "ms", ms["dask"], ms["raw"], n=n),
+        Figure("per task: task_runner() vs raw Client.map", "ms", ms["dask"], ms["raw"], n=n),
         Figure(
             "per task: task_runner() vs a plain DaskTaskRunner",
             "ms",
@@ -140,6 +140,6 @@ def run(env: BenchEnv, res: BenchResult) -> None:
             "per task: ThreadPoolTaskRunner vs raw Client.map", "ms", ms["threads"], ms["raw"], n=n
         ),
         Figure(
-            "per task: DaskTaskRunner vs ThreadPoolTaskRunner", "ms", ms["dask"], ms["threads"], n=n
+            "per task: task_runner() vs ThreadPoolTaskRunner", "ms", ms["dask"], ms["threads"], n=n
         ),
     )
