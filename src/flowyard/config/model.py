@@ -422,8 +422,9 @@ class HygieneConfig(_Section):
         120,
         ge=60,
         description="A running flow run whose heartbeat (sent every 30 s) stops this long is "
-        "marked Crashed. Heartbeats sent during an API outage are lost: keep it at least 60 s "
-        "above the longest outage to ride out (docs/operations.md).",
+        "marked Crashed. Heartbeats lost on their way (a proxy or network outage) count as "
+        "missing: keep it at least 60 s above the longest such outage to ride out; an outage "
+        "of the API itself is held (docs/operations.md).",
     )
     late_after_seconds: int = Field(
         15, ge=5, description="A scheduled run this late is marked Late."
