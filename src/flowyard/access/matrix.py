@@ -326,3 +326,28 @@ def audited(decision: Decision) -> bool:
     """Whether an allowed request goes to the audit log: changes, not reads or polls."""
     method = decision.route.split(" ", 1)[0]
     return is_mutation(method) and decision.klass != "read" and decision.route not in NOT_AUDITED
+
+
+ROLE_COLUMNS = ("viewer", "operator", "worker", "admin")
+
+
+def markdown() -> str:
+    """The matrix as docs/access.md shows it (a unit test keeps the page current)."""
+    lines = [
+        "| method | route (under `/api`) | " + " | ".join(ROLE_COLUMNS) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in ROLE_COLUMNS) + " |",
+    ]
+    order = {"GET": 0, "POST": 1, "PUT": 2, "PATCH": 3, "DELETE": 4}
+    keyed = sorted(ROUTES.items(), key=lambda kv: (kv[0].split(" ", 1)[1], order[kv[0].split()[0]]))
+    for route, klass in keyed:
+        method, path = route.split(" ", 1)
+        marks = " | ".join("✓" if r in CLASSES[klass] else "" for r in ROLE_COLUMNS)
+        lines.append(f"| {method} | `{path}` | {marks} |")
+    for path, klass in WEBSOCKETS.items():
+        marks = " | ".join("✓" if r in CLASSES[klass] else "" for r in ROLE_COLUMNS)
+        lines.append(f"| websocket | `{path}` | {marks} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
