@@ -169,7 +169,7 @@ def test_prefect_shim_names_exist() -> None:
 
 def test_docs_matrix_is_current() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "access.md").read_text()
-    block = text.split("<!-- access-matrix:start -->\n", 1)[1].split(
-        "<!-- access-matrix:end -->"
-    )[0]
+    block = text.split("<!-- access-matrix:start -->\n", 1)[1].split("<!-- access-matrix:end -->")[
+        0
+    ]
     assert block == matrix.markdown(), "run: python -m flowyard.access.matrix"
