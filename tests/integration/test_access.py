@@ -34,7 +34,7 @@ from flowyard.config.context import Context
 from flowyard.services.caddy import tls_verify
 from flowyard.testing import running_platform
 from tests.integration.conftest import flowyard_cli
-from tests.integration.runs import api, wait_state
+from tests.integration.runs import api, cli_ok, wait_state
 
 pytestmark = pytest.mark.integration
 
@@ -159,6 +159,11 @@ def test_joined_worker_runs_a_flow_and_cannot_delete_a_deployment(
         assert run["state_type"] == "COMPLETED", log.read_text()[-3000:]
         workers = api(yard, "POST", "/work_pools/default/workers/filter", json={})
         assert "joined" in [w["name"] for w in workers]
+        # The worker role is what a worker and its runs need: nothing they sent was refused
+        # (the gate records every refusal; its writer flushes within a second).
+        time.sleep(2)
+        refused = json.loads(cli_ok(flowyard_cli(yard, "audit", "--json", "--user", "joined")))
+        assert [r for r in refused if r["status"] in (401, 403)] == [], refused
         # Its own login may not delete a deployment: refused by the gate.
         login = tomllib.loads(join.read_text())["auth_string"]
         with proxy(yard, login) as w:
