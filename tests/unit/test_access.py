@@ -111,6 +111,7 @@ def test_logins_cache_and_revocation(tmp_path: Path) -> None:
     assert user is not None and user.role == "operator"
     assert logins.check(login, verify=False) == user  # cached now
     assert logins.check("otto:wrong") is None
+    assert logins.check("otto:wrong", verify=False) is None  # remembered as refused
     assert logins.check(ADMIN) is not None  # the old shared login is the first admin
     remove_user(path, ADMIN, "otto")
     assert logins.check(login, verify=False) is None

@@ -19,6 +19,8 @@ from pathlib import Path
 from flowyard.config.users import User, load_users, verify_key
 from flowyard.errors import FlowyardError
 
+MAX_REFUSED = 4096
+
 
 class Logins:
     def __init__(self, users_file: Path) -> None:
@@ -26,6 +28,9 @@ class Logins:
         self._stamp: tuple[int, int, int] | None = None
         self._users: dict[str, User] = {}
         self._verified: dict[bytes, User] = {}
+        # Logins that failed since the file last changed: a client retrying a wrong key (a
+        # stale join file) costs one argon2 verification, not one per request.
+        self._refused: set[bytes] = set()
         self._lock = threading.Lock()
 
     def _refresh(self) -> None:
@@ -42,6 +47,7 @@ class Logins:
             # A damaged or too-open file admits nobody (fail closed) until it is fixed.
             users = {}
         self._users, self._verified, self._stamp = users, {}, stamp
+        self._refused = set()
 
     def check(self, login: str, verify: bool = True) -> User | None:
         """The user a `NAME:KEY` login belongs to; None when it is no valid login (or, with
@@ -50,15 +56,24 @@ class Logins:
         with self._lock:
             self._refresh()
             hit = self._verified.get(digest)
-            if hit is not None:
+            if hit is not None or digest in self._refused:
                 return hit
             name, sep, key = login.partition(":")
             user = self._users.get(name)
-        if not verify or not sep or user is None or not verify_key(user, key):
+            stamp = self._stamp
+        if not verify:
+            return None
+        if not sep or user is None or not verify_key(user, key):
+            with self._lock:
+                if len(self._refused) >= MAX_REFUSED:
+                    self._refused.clear()
+                # Only if the file did not change meanwhile (the user may exist now).
+                if self._stamp == stamp:
+                    self._refused.add(digest)
             return None
         with self._lock:
             # Only if the file did not change while verifying (the user may be gone).
-            if self._users.get(name) is user:
+            if self._stamp == stamp:
                 self._verified[digest] = user
         return user
 
