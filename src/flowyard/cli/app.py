@@ -6,7 +6,18 @@ import os
 
 import typer
 
-from flowyard.cli import apply, db, deploy, env, init, ops, platform_cmds, render, worker_cmds
+from flowyard.cli import (
+    access,
+    apply,
+    db,
+    deploy,
+    env,
+    init,
+    ops,
+    platform_cmds,
+    render,
+    worker_cmds,
+)
 
 app = typer.Typer(
     name="flowyard",
@@ -27,7 +38,9 @@ app.command()(deploy.run)
 app.command()(ops.backup)
 app.command()(ops.restore)
 app.command()(ops.upgrade)
+app.command()(access.audit)
 app.add_typer(worker_cmds.app, name="worker")
+app.add_typer(access.app, name="user")
 app.add_typer(render.app, name="render")
 app.add_typer(db.app, name="db")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import typer
 from flowyard.cli._common import HomeOption, console, handle_errors, resolve_home
 from flowyard.client.joinfile import JoinInfo
 from flowyard.config.context import load_context
+from flowyard.config.users import add_user, load_users, remove_user
 from flowyard.errors import FlowyardError
 from flowyard.platform.join import (
     DASK_WORKER_PORT,
@@ -31,25 +33,58 @@ app = typer.Typer(help="Workers on other machines.", no_args_is_help=True)
 def join_file(
     out: Path = typer.Option(Path("flowyard-join.toml"), "--out", help="Where to write it (0600)."),
     pool: str | None = typer.Option(None, "--pool", help="Pool the worker serves."),
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        help="The worker's login name, for `flowyard worker remove` (default: worker-POOL-xxxxxx).",
+    ),
     home: Path | None = HomeOption,
 ) -> None:
-    """Write the file a remote worker joins with (URL, CA, credentials, pool)."""
+    """Write the file a remote worker joins with (URL, CA, its own login, pool)."""
     ctx = load_context(resolve_home(home))
     info = join_info(ctx, pool or ctx.config.worker.pool)
+    # The worker's own login with the `worker` role (never the admin's): revocable alone.
+    login_name = name or f"worker-{info.pool}-{secrets.token_hex(3)}".lower()
+    admin = ctx.secrets.prefect_auth_string.get_secret_value()
+    users_existed = ctx.paths.users_file.exists()
+    info.auth_string = add_user(ctx.paths.users_file, admin, login_name, "worker")
     try:
         info.write(out)
     except OSError as exc:
+        # Nothing half-made: the login goes again (and the users file, if this made it).
+        remove_user(ctx.paths.users_file, admin, login_name)
+        if not users_existed:
+            ctx.paths.users_file.unlink()
         raise FlowyardError(
             f"Cannot write the join file {out}: {exc.strerror}.",
             fix="Give --out a path in an existing, writable directory.",
         ) from exc
     console.print(
-        f"[green]Wrote[/] {out} (0600). It grants access to the platform: copy it safely."
+        f"[green]Wrote[/] {out} (0600) with the login {login_name!r} (role worker). It grants "
+        f"access to the platform: copy it safely; `flowyard worker remove {login_name}` revokes it."
     )
     console.print(
         f"On the worker host: [bold]flowyard worker join {info.url} --pool {info.pool} "
         f"--join-file {out.name}[/]"
     )
+
+
+@app.command("remove")
+@handle_errors
+def remove(
+    name: str = typer.Argument(..., help="The worker's login name (from `join-file`)."),
+    home: Path | None = HomeOption,
+) -> None:
+    """Revoke a joined worker's login: refused within seconds, its websockets closed."""
+    ctx = load_context(resolve_home(home))
+    users = load_users(ctx.paths.users_file)
+    if name in users and users[name].role != "worker":
+        raise FlowyardError(
+            f"{name!r} is a person's login (role {users[name].role}), not a worker's.",
+            fix=f"Use `flowyard user remove {name}`.",
+        )
+    remove_user(ctx.paths.users_file, ctx.secrets.prefect_auth_string.get_secret_value(), name)
+    console.print(f"[green]Removed[/] the worker login {name}.")
 
 
 @app.command("join")

@@ -1,11 +1,11 @@
 """The worker join file: a client profile on paper, for a worker on another machine.
 
 It holds what that worker needs and nothing else: the public URLs, the CA certificate, the
-API credential, the flows' scoped S3 and MLflow credentials, the pool. It is written 0600;
-anyone holding it can run flows on the platform (and, until per-worker Prefect credentials
-exist, use the Prefect API as its admin: docs/security.md). A joined worker's environment
-is `client_env` of the profile the file describes, exactly as the server's own worker gets
-`client_env` of its worker profile (`ClientProfile.for_workers`).
+worker's own API login (role `worker`, minted by `flowyard worker join-file`, revoked by
+`flowyard worker remove`: docs/access.md), the flows' scoped S3 and MLflow credentials, the
+pool. It is written 0600; anyone holding it can run flows on the platform. A joined worker's
+environment is `client_env` of the profile the file describes, exactly as the server's own
+worker gets `client_env` of its worker profile (`ClientProfile.for_workers`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import re
 from flowyard.compose import view as c
 from flowyard.config.context import Context
 from flowyard.config.model import FlowyardConfig
-from flowyard.config.secrets import Secrets
+from flowyard.config.secrets import Secrets, compose_fields
 
 _REFERENCE = re.compile(r"\$\{([A-Z0-9_]+)")
 
@@ -18,6 +18,7 @@ def env_variables() -> dict[str, str]:
     described = {
         c.secret_var(name): f"{field.description} Required; URL-safe characters only."
         for name, field in Secrets.model_fields.items()
+        if name in compose_fields()
     }
     described[c.MLFLOW_FLASK_KEY_VAR] = (
         "Signs MLflow's CSRF tokens. Required with MLflow; `--env-file` derives it from "

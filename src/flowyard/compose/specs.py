@@ -24,7 +24,7 @@ from flowyard.compose import view as c
 from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK, FlowyardConfig
 from flowyard.config.paths import Paths
-from flowyard.config.secrets import Secrets
+from flowyard.config.secrets import compose_fields
 from flowyard.services import (
     caddy,
     catalog,
@@ -249,7 +249,7 @@ def init_spec(cx: Contexts) -> Spec:
     needs = {c.POSTGRES: "healthy"}
     if ctx.config.object_store.kind == "seaweedfs":
         needs[c.SEAWEEDFS] = "healthy"
-    env = {c.secret_var(f): secret(ctx, f) for f in Secrets.model_fields}
+    env = {c.secret_var(f): secret(ctx, f) for f in compose_fields()}
     env["FLOWYARD_SETUP_CONFIG"] = setup_config(ctx)
     return Spec(
         service={
@@ -375,7 +375,7 @@ def metrics_spec(cx: Contexts) -> Spec:
     `flowyard_service_up` then covers what the exporter itself reaches."""
     ctx = cx.server
     native = metrics.service(ctx)
-    env = {c.secret_var(f): secret(ctx, f) for f in Secrets.model_fields}
+    env = {c.secret_var(f): secret(ctx, f) for f in compose_fields()}
     env[metrics.CONFIG_VAR] = setup_config(ctx)
     return Spec(
         service={

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from flowyard.config.context import Context, Hosts
 from flowyard.config.model import FlowyardConfig
-from flowyard.config.secrets import Secrets
+from flowyard.config.secrets import Secrets, compose_fields
 from flowyard.services import (
     caddy,
     local_worker,
@@ -87,16 +87,16 @@ def ref(var: str) -> str:
 
 
 def placeholder_secrets() -> Secrets:
-    return Secrets(**{f: SecretStr(ref(secret_var(f))) for f in Secrets.model_fields})
+    return Secrets(**{f: SecretStr(ref(secret_var(f))) for f in compose_fields()})
 
 
 def secrets_from_env(environ: Mapping[str, str] | None = None) -> Secrets:
     """The inverse, inside a container: the values compose put in the environment."""
     env = os.environ if environ is None else environ
-    missing = [secret_var(f) for f in Secrets.model_fields if not env.get(secret_var(f))]
+    missing = [secret_var(f) for f in compose_fields() if not env.get(secret_var(f))]
     if missing:
         raise SystemExit(f"Missing from the container environment: {', '.join(missing)}")
-    return Secrets(**{f: SecretStr(env[secret_var(f)]) for f in Secrets.model_fields})
+    return Secrets(**{f: SecretStr(env[secret_var(f)]) for f in compose_fields()})
 
 
 def container_config(config: FlowyardConfig) -> FlowyardConfig:

@@ -432,6 +432,14 @@ class HygieneConfig(_Section):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
 
+class AccessConfig(_Section):
+    """Team access: per-person and per-worker logins and roles (docs/access.md)."""
+
+    audit_retention_days: int = Field(
+        90, ge=1, description="Days of audit log (mutations and refusals) kept in PostgreSQL."
+    )
+
+
 class MlflowConfig(_Section):
     enabled: bool = Field(True, description="Run the MLflow tracking server under /mlflow.")
     port: Port = Field(5000, description="MLflow server, loopback only (reached through Caddy).")
@@ -507,6 +515,7 @@ class FlowyardConfig(BaseSettings):
         default_factory=list, description="Global concurrency limits ([[global_limits]])."
     )
     hygiene: HygieneConfig = Field(default_factory=HygieneConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     dask: DaskConfig = Field(default_factory=DaskConfig)
 

@@ -52,6 +52,12 @@ class Paths:
         return self.home / "files"
 
     @property
+    def users_file(self) -> Path:
+        """People's and workers' logins (name, role, argon2 hash of the key), owner-only;
+        read by the access gate and the API's websocket check (`flowyard.access`)."""
+        return self.home / "users.toml"
+
+    @property
     def ca_cert(self) -> Path:
         """Caddy's root CA, copied where clients can read it."""
         return self.home / "ca" / "root.crt"

@@ -48,6 +48,12 @@ class Secrets(BaseModel):
     mlflow_flows_password: SecretStr | None = Field(
         None, description="MLflow `flows` user (not an admin), the login of flow runs."
     )
+    # Behind the access gate (docs/access.md) Prefect's own auth string is this one, held only
+    # by the proxy (and the platform's direct calls on the API's socket); people and workers
+    # log in with their own logins (users.toml), `prefect_auth_string` being the first admin's.
+    prefect_internal_auth_string: SecretStr | None = Field(
+        None, description="`user:password` Prefect's API checks behind the access gate."
+    )
 
     @classmethod
     def generate(cls) -> Secrets:
@@ -74,6 +80,7 @@ class Secrets(BaseModel):
             s3_flows_access_key=SecretStr("FL" + secrets.token_hex(9).upper()),
             s3_flows_secret_key=SecretStr(_token(30)),
             mlflow_flows_password=SecretStr(_token()),
+            prefect_internal_auth_string=SecretStr(f"internal:{_token()}"),
         )
 
     def missing(self) -> list[str]:
@@ -105,6 +112,16 @@ class Secrets(BaseModel):
     def values(self) -> list[str]:
         """Every secret value, for tests that prove none leaked into a rendered file."""
         return list(self.plain().values())
+
+
+# Secrets only native mode uses: the compose stack has no access gate yet (docs/access.md), so
+# its .env does not carry them (an existing .env keeps working unchanged).
+NATIVE_ONLY = frozenset({"prefect_internal_auth_string"})
+
+
+def compose_fields() -> list[str]:
+    """The `Secrets` fields a compose deployment's .env carries."""
+    return [f for f in Secrets.model_fields if f not in NATIVE_ONLY]
 
 
 def url_quote(secret: str) -> str:

@@ -377,6 +377,9 @@ def _backup_files(ctx: Context, root: Path, reporter: Reporter) -> list[str]:
         shutil.copy2(ctx.paths.config_file, root / mf.CONFIG_FILE)
         shutil.copy2(ctx.paths.secrets_file, root / mf.SECRETS_FILE)
         task.summary = "flowyard.toml, secrets.toml"
+        if ctx.paths.users_file.exists():
+            shutil.copy2(ctx.paths.users_file, root / mf.USERS_FILE)
+            task.summary += ", users.toml"
     caddy_storage = ctx.paths.caddy_data / "caddy"
     if caddy_storage.is_dir():
         with reporter.task("Caddy CA and certificates") as task:

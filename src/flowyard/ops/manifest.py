@@ -31,6 +31,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CONFIG_FILE = "config/flowyard.toml"
 SECRETS_FILE = "config/secrets.toml"
+# People's and workers' logins (docs/access.md); absent from backups of homes without one.
+USERS_FILE = "config/users.toml"
 # Listing every problem buries the first; a damaged backup is refused after this many.
 MAX_PROBLEMS = 12
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

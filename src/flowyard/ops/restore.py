@@ -188,6 +188,8 @@ def _restore_files(backup: Path, manifest: mf.Manifest, ctx: Context) -> None:
     _put_file(backup / mf.CONFIG_FILE, paths.config_file, entries[mf.CONFIG_FILE].mode)
     # Never wider than 0600, whatever a copied backup's modes became.
     _put_file(backup / mf.SECRETS_FILE, paths.secrets_file, 0o600)
+    if mf.USERS_FILE in entries:
+        _put_file(backup / mf.USERS_FILE, paths.users_file, 0o600)
     for rel, entry in entries.items():
         top, _, rest = rel.partition("/")
         if top == "caddy":

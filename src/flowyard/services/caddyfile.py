@@ -41,6 +41,9 @@ class Upstreams:
     # client certificate (`services.dask`); None when there is no cluster (or in containers).
     dask: str | None = None
     dask_pki: str | None = None
+    # The access gate (`services.gate`), natively; None under compose, where Prefect still
+    # checks the one admin credential itself (docs/access.md).
+    gate: str | None = None
 
     @classmethod
     def from_context(cls, ctx: Context) -> Upstreams:
@@ -69,6 +72,7 @@ class Upstreams:
             admin=at("caddy-admin", LOOPBACK, config.proxy.admin_port),
             dask=f"{LOOPBACK}:{config.dask.scheduler_port}" if dask else None,
             dask_pki=str(ctx.paths.dask_pki) if dask else None,
+            gate=unix(ctx.paths.socket("gate")) if hosts.use_sockets else None,
         )
 
 
@@ -81,8 +85,22 @@ def _site_addresses(host: str, port: int, extra_names: Sequence[str]) -> str:
     return ", ".join(f"https://{name}:{port}" for name in (host, *extra_names))
 
 
+# What the gate hands Caddy with "allow": the internal credential Prefect checks, and who the
+# caller is (for the API's audit log). Caddy replaces the request's own values with these.
+GATE_HEADERS = ("Authorization", "X-Flowyard-User", "X-Flowyard-Role")
+
+
 def _api_login(up: Upstreams) -> list[str]:
-    """The API credential, checked by the API itself (401 without a challenge)."""
+    """A login with a role that may make this request, checked by the access gate
+    (`flowyard.access.gate`); without a gate (compose), the API credential, checked by the API
+    itself. Both answer 401 without a challenge."""
+    if up.gate:
+        return [
+            f"\t\tforward_auth {up.gate} {{",
+            "\t\t\turi /check",
+            f"\t\t\tcopy_headers {' '.join(GATE_HEADERS)}",
+            "\t\t}",
+        ]
     return [
         f"\t\tforward_auth {up.prefect} {{",
         "\t\t\turi /api/admin/version",
@@ -156,16 +174,21 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
             f"\t\treverse_proxy {up.mlflow}",
             "\t}",
         ]
-    main += [
-        "\thandle {",
-        # flush_interval -1 streams event and log responses as they are written.
-        f"\t\treverse_proxy {up.prefect} {{",
-        "\t\t\tflush_interval -1",
-        "\t\t}",
-        "\t}",
-        "}",
-        "",
-    ]
+    # The API, through the gate when there is one (websocket upgrades too: the gate lets
+    # those through to be checked in-band by the API, flowyard.access.prefect_app); then the
+    # UI's static pages, which need no login (the UI asks for one and sends it to the API).
+    # flush_interval -1 streams event and log responses as they are written.
+    api_login = _api_login(up) if up.gate else []
+    for route in ("handle /api/* {", "handle {"):
+        main += [
+            f"\t{route}",
+            *(api_login if route != "handle {" else []),
+            f"\t\treverse_proxy {up.prefect} {{",
+            "\t\t\tflush_interval -1",
+            "\t\t}",
+            "\t}",
+        ]
+    main += ["}", ""]
     lines += main
     if up.s3:
         # S3 signatures cover the Host header; Caddy forwards it unchanged, and nothing is

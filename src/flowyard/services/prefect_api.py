@@ -7,7 +7,9 @@ import sys
 
 import httpx
 
-from flowyard.client.api import local_api_url, local_http, prefect_api_socket
+from flowyard.access import audit
+from flowyard.access.gate import USERS_FILE_VAR
+from flowyard.client.api import internal_auth_string, local_api_url, local_http, prefect_api_socket
 from flowyard.config.context import Context
 from flowyard.errors import FlowyardError
 from flowyard.services import postgres, redis
@@ -32,7 +34,8 @@ def server_env(ctx: Context) -> dict[str, str]:
         "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "15",
         "PREFECT_SERVER_API_HOST": ctx.hosts.bind,
         "PREFECT_SERVER_API_PORT": str(cfg.prefect.port),
-        "PREFECT_SERVER_API_AUTH_STRING": ctx.secrets.prefect_auth_string.get_secret_value(),
+        # Natively the internal credential, which only the access gate hands upstream.
+        "PREFECT_SERVER_API_AUTH_STRING": internal_auth_string(ctx),
         # CSRF needs ambient credentials; there are none: the API answers 401 without a
         # WWW-Authenticate challenge, so browsers never cache the login, and the UI sends it
         # in a header of its own. Off on both sides (client_env.CLIENT_SETTINGS).
@@ -97,12 +100,19 @@ def command(ctx: Context) -> list[str]:
         listen = ["--uds", str(prefect_api_socket(ctx))]
     else:
         listen = ["--host", ctx.hosts.bind, "--port", str(ctx.config.prefect.port)]
+    # Natively Prefect's factory wrapped for per-user websocket logins and the audit log
+    # (flowyard.access.prefect_app); under compose, which has no gate yet, Prefect's own.
+    factory = (
+        "flowyard.access.prefect_app:create_app"
+        if ctx.hosts.use_sockets
+        else "prefect.server.api.server:create_app"
+    )
     return [
         sys.executable,
         "-m",
         "uvicorn",
         "--factory",
-        "prefect.server.api.server:create_app",
+        factory,
         *listen,
         "--log-level",
         ctx.config.prefect.log_level.lower(),
@@ -111,7 +121,24 @@ def command(ctx: Context) -> list[str]:
 
 def env(ctx: Context) -> dict[str, str]:
     # What `prefect server start --no-services` tells its app factory.
-    return {**server_env(ctx), "PREFECT__SERVER_FINAL": "1", "PREFECT__SERVER_WEBSERVER_ONLY": "1"}
+    found = {
+        **server_env(ctx),
+        "PREFECT__SERVER_FINAL": "1",
+        "PREFECT__SERVER_WEBSERVER_ONLY": "1",
+    }
+    if ctx.hosts.use_sockets:
+        found.update(access_env(ctx))
+    return found
+
+
+def access_env(ctx: Context) -> dict[str, str]:
+    """What the access layer's processes (the gate, the API's wrapper) read: the users file
+    and where the audit log goes (docs/access.md)."""
+    return {
+        USERS_FILE_VAR: str(ctx.paths.users_file),
+        audit.DSN_VAR: postgres.database_url(ctx, "prefect", "postgresql"),
+        audit.RETENTION_VAR: str(ctx.config.access.audit_retention_days),
+    }
 
 
 def service(ctx: Context) -> Service:

@@ -1,0 +1,124 @@
+"""`flowyard user add|list|remove` and `flowyard audit`: team access (docs/access.md)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from flowyard.cli._common import HomeOption, console, handle_errors, print_json, resolve_home
+from flowyard.config.context import load_context
+from flowyard.config.users import PERSON_ROLES, add_user, ensure_users_file, remove_user
+from flowyard.errors import FlowyardError
+from flowyard.ops import access
+
+app = typer.Typer(help="People's logins and roles.", no_args_is_help=True)
+
+
+@app.command("add")
+@handle_errors
+def add(
+    name: str = typer.Argument(..., help="The login name (lower-case)."),
+    role: str = typer.Option(..., "--role", help=f"One of: {', '.join(PERSON_ROLES)}."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    home: Path | None = HomeOption,
+) -> None:
+    """Create a login; its key is printed once and never stored in clear."""
+    if role not in PERSON_ROLES:
+        raise FlowyardError(
+            f"Unknown role {role!r} for a person.",
+            fix=f"Use one of: {', '.join(PERSON_ROLES)} (workers get theirs from "
+            "`flowyard worker join-file`).",
+        )
+    ctx = load_context(resolve_home(home))
+    login = add_user(
+        ctx.paths.users_file, ctx.secrets.prefect_auth_string.get_secret_value(), name, role
+    )
+    if as_json:
+        print_json({"name": name, "role": role, "prefect_auth_string": login})
+        return
+    console.print(f"[green]Added[/] {name} ({role}). Their login, shown this once:")
+    console.print(f"  PREFECT_API_AUTH_STRING={login}")
+    console.print(f"  UI: user and password are the two halves of {login.split(':')[0]}:<key>")
+
+
+@app.command("list")
+@handle_errors
+def list_users(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    home: Path | None = HomeOption,
+) -> None:
+    """Every login: name, role, created."""
+    ctx = load_context(resolve_home(home))
+    users = ensure_users_file(
+        ctx.paths.users_file, ctx.secrets.prefect_auth_string.get_secret_value()
+    )
+    rows = [{"name": u.name, "role": u.role, "created": u.created} for u in users.values()]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table()
+    for col in ("name", "role", "created"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["role"], r["created"])
+    console.print(table)
+
+
+@app.command("remove")
+@handle_errors
+def remove(name: str = typer.Argument(...), home: Path | None = HomeOption) -> None:
+    """Revoke a login: refused within seconds, open websockets closed too."""
+    ctx = load_context(resolve_home(home))
+    user = remove_user(
+        ctx.paths.users_file, ctx.secrets.prefect_auth_string.get_secret_value(), name
+    )
+    console.print(f"[green]Removed[/] {user.name} ({user.role}).")
+
+
+def _since(value: str | None) -> datetime | None:
+    """`--since`: an ISO time, or an age such as 30m, 2h, 7d."""
+    if not value:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1:] in units and value[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise FlowyardError(
+            f"--since {value!r} is neither an ISO time nor an age.",
+            fix="Use e.g. --since 2h, --since 7d or --since 2026-01-31T12:00:00+00:00.",
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@handle_errors
+def audit(
+    since: str | None = typer.Option(None, "--since", help="From this time or age (2h, 7d)."),
+    user: str | None = typer.Option(None, "--user", help="Only this login."),
+    limit: int = typer.Option(1000, "--limit", help="At most this many (the newest)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    home: Path | None = HomeOption,
+) -> None:
+    """Who changed what, and who was refused (the audit log, oldest first)."""
+    ctx = load_context(resolve_home(home))
+    rows = access.audit_rows(ctx, _since(since), user, limit)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table()
+    for col in ("time", "user", "method", "route", "object", "status"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["at"].isoformat(timespec="seconds"),
+            r["username"],
+            r["method"],
+            r["route"],
+            r["object_id"] or "",
+            str(r["status"]),
+        )
+    console.print(table)

@@ -1,0 +1,155 @@
+"""Logins of people and workers: one owner-only TOML file of names, roles and argon2 hashes.
+
+Stock Prefect has one shared `user:password` (PREFECT_SERVER_API_AUTH_STRING). Flowyard keeps
+that one as Prefect's internal credential, held only by the proxy, and gives every person and
+worker a login of their own, checked by the access gate (`flowyard.access.gate`) in front of
+Prefect. A key is shown once, at `flowyard user add`; only its argon2id hash is stored.
+
+Migration: a home made before this file existed has one login, `prefect_auth_string` in
+secrets.toml (user `admin`). `ensure_users_file` makes it the first admin, so every existing
+profile, join file and browser keeps working unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import stat
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, get_args
+
+import tomli_w
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from flowyard.errors import FlowyardError
+from flowyard.files import write_private
+
+Role = Literal["viewer", "operator", "worker", "admin"]
+ROLES: tuple[str, ...] = get_args(Role)
+# Roles `flowyard user add` hands out; `worker` is minted by `flowyard worker join-file`.
+PERSON_ROLES = ("viewer", "operator", "admin")
+NAME_RE = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
+HEADER = "# Flowyard logins: `flowyard user add|list|remove`. Keys are argon2id hashes. 0600.\n"
+
+_HASHER = PasswordHasher()
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: Role
+    key_hash: str
+    created: str
+
+
+def new_key() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def hash_key(key: str) -> str:
+    return _HASHER.hash(key)
+
+
+def verify_key(user: User, key: str) -> bool:
+    """argon2 verification (deliberately slow, ~tens of ms: callers cache successes)."""
+    try:
+        return _HASHER.verify(user.key_hash, key)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.fullmatch(name):
+        raise FlowyardError(
+            f"Invalid user name {name!r}.",
+            fix="Use 1-63 characters: lower-case letters, digits, '.', '_' or '-', "
+            "starting with a letter (the name goes before ':' in the login).",
+        )
+    return name
+
+
+def load_users(path: Path) -> dict[str, User]:
+    """The users file; {} when there is none yet."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return {}
+    if mode & 0o077:
+        raise FlowyardError(
+            f"{path} is readable by others (mode {mode:o}); it holds every login's hash.",
+            fix=f"chmod 600 {path}",
+        )
+    try:
+        data = tomllib.loads(path.read_text())
+        return {
+            name: User(
+                name=name, role=entry["role"], key_hash=entry["key"], created=entry["created"]
+            )
+            for name, entry in data.get("users", {}).items()
+            if entry.get("role") in ROLES
+        }
+    except (tomllib.TOMLDecodeError, KeyError, AttributeError) as exc:
+        raise FlowyardError(
+            f"{path} is damaged: {exc}",
+            fix="Restore it from a backup, or remove it: the admin login in secrets.toml is "
+            "then the only one again (`flowyard up` recreates the file).",
+        ) from exc
+
+
+def save_users(path: Path, users: dict[str, User]) -> None:
+    """Owner-only, atomically (the gate and the API re-read it when it changes)."""
+    body = {
+        "users": {
+            u.name: {"role": u.role, "key": u.key_hash, "created": u.created}
+            for u in sorted(users.values(), key=lambda u: u.name)
+        }
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_private(path, HEADER + tomli_w.dumps(body))
+
+
+def ensure_users_file(path: Path, admin_auth_string: str) -> dict[str, User]:
+    """The users, the file first made from secrets.toml's login when missing (migration)."""
+    users = load_users(path)
+    if path.exists():
+        return users
+    name, _, key = admin_auth_string.partition(":")
+    users = {name: User(name, "admin", hash_key(key), _now())}
+    save_users(path, users)
+    return users
+
+
+def add_user(path: Path, admin_auth_string: str, name: str, role: str) -> str:
+    """Create `name` with `role`; returns its login `NAME:KEY` (the only time it exists)."""
+    check_name(name)
+    if role not in ROLES:
+        raise FlowyardError(f"Unknown role {role!r}.", fix=f"Use one of: {', '.join(ROLES)}.")
+    users = ensure_users_file(path, admin_auth_string)
+    if name in users:
+        raise FlowyardError(
+            f"User {name!r} exists already.",
+            fix=f"Remove it first (`flowyard user remove {name}`) to give it a new key.",
+        )
+    key = new_key()
+    users[name] = User(name, role, hash_key(key), _now())  # type: ignore[arg-type]
+    save_users(path, users)
+    return f"{name}:{key}"
+
+
+def remove_user(path: Path, admin_auth_string: str, name: str) -> User:
+    users = ensure_users_file(path, admin_auth_string)
+    if name not in users:
+        raise FlowyardError(
+            f"No user {name!r}.", fix="`flowyard user list` shows the users there are."
+        )
+    removed = users.pop(name)
+    save_users(path, users)
+    return removed
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
