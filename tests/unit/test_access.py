@@ -8,6 +8,7 @@ import base64
 import inspect
 import re
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -97,9 +98,23 @@ def test_users_file_migration_add_remove(tmp_path: Path) -> None:
         add_user(path, ADMIN, "Bad:Name", "viewer")
     remove_user(path, ADMIN, "vera")
     assert set(load_users(path)) == {"admin"}
+    # The platform's own login (its worker and commands use it) is never removed.
+    with pytest.raises(FlowyardError, match="platform's own login"):
+        remove_user(path, ADMIN, "admin")
+    assert set(load_users(path)) == {"admin"}
     path.chmod(0o644)
     with pytest.raises(FlowyardError, match="readable by others"):
         load_users(path)
+
+
+def test_concurrent_adds_keep_every_login(tmp_path: Path) -> None:
+    """`user add`, `worker join-file` and `up` may write the file at once: none is lost."""
+    path = tmp_path / "users.toml"
+    ensure_users_file(path, ADMIN)
+    names = [f"u{i}" for i in range(6)]
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(lambda n: add_user(path, ADMIN, n, "viewer"), names))
+    assert set(load_users(path)) == {"admin", *names}
 
 
 def test_logins_cache_and_revocation(tmp_path: Path) -> None:

@@ -12,10 +12,14 @@ profile, join file and browser keeps working unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import re
 import secrets
 import stat
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,8 +116,28 @@ def save_users(path: Path, users: dict[str, User]) -> None:
     write_private(path, HEADER + tomli_w.dumps(body))
 
 
+@contextlib.contextmanager
+def _editing(path: Path) -> Iterator[None]:
+    """One writer at a time: `user add`, `worker join-file`, `worker remove` and `up` may run
+    together, and each rewrites the whole file from what it read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def ensure_users_file(path: Path, admin_auth_string: str) -> dict[str, User]:
     """The users, the file first made from secrets.toml's login when missing (migration)."""
+    if path.exists():
+        return load_users(path)
+    with _editing(path):
+        return _ensure(path, admin_auth_string)
+
+
+def _ensure(path: Path, admin_auth_string: str) -> dict[str, User]:
     users = load_users(path)
     if path.exists():
         return users
@@ -128,26 +152,36 @@ def add_user(path: Path, admin_auth_string: str, name: str, role: str) -> str:
     check_name(name)
     if role not in ROLES:
         raise FlowyardError(f"Unknown role {role!r}.", fix=f"Use one of: {', '.join(ROLES)}.")
-    users = ensure_users_file(path, admin_auth_string)
-    if name in users:
-        raise FlowyardError(
-            f"User {name!r} exists already.",
-            fix=f"Remove it first (`flowyard user remove {name}`) to give it a new key.",
-        )
-    key = new_key()
-    users[name] = User(name, role, hash_key(key), _now())  # type: ignore[arg-type]
-    save_users(path, users)
+    with _editing(path):
+        users = _ensure(path, admin_auth_string)
+        if name in users:
+            raise FlowyardError(
+                f"User {name!r} exists already.",
+                fix=f"Remove it first (`flowyard user remove {name}`) to give it a new key.",
+            )
+        key = new_key()
+        users[name] = User(name, role, hash_key(key), _now())  # type: ignore[arg-type]
+        save_users(path, users)
     return f"{name}:{key}"
 
 
 def remove_user(path: Path, admin_auth_string: str, name: str) -> User:
-    users = ensure_users_file(path, admin_auth_string)
-    if name not in users:
+    platform_login = admin_auth_string.partition(":")[0]
+    if name == platform_login:
+        # The local worker, its flow runs and the server's own commands log in with it.
         raise FlowyardError(
-            f"No user {name!r}.", fix="`flowyard user list` shows the users there are."
+            f"User {name!r} is the platform's own login (prefect_auth_string in "
+            "secrets.toml): the local worker, its flow runs and `flowyard` commands use it.",
+            fix="Keep it; remove the people and workers you added instead.",
         )
-    removed = users.pop(name)
-    save_users(path, users)
+    with _editing(path):
+        users = _ensure(path, admin_auth_string)
+        if name not in users:
+            raise FlowyardError(
+                f"No user {name!r}.", fix="`flowyard user list` shows the users there are."
+            )
+        removed = users.pop(name)
+        save_users(path, users)
     return removed
 
 
