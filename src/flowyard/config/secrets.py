@@ -140,18 +140,23 @@ def write_secrets(path: Path, value: Secrets) -> None:
     write_private(path, header + tomli_w.dumps(value.plain()))
 
 
+def require_private(path: Path, holds: str) -> None:
+    """Refuse a file another local user could read; `holds` says what it would give away."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise FlowyardError(
+            f"{path} is readable by others (mode {mode:o}); it holds {holds}.",
+            fix=f"chmod 600 {path}",
+        )
+
+
 def load_secrets(path: Path) -> Secrets:
     if not path.exists():
         raise FlowyardError(
             f"No secrets file at {path}.",
             fix="Run `flowyard init` to generate the platform's secrets.",
         )
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise FlowyardError(
-            f"{path} is readable by others (mode {mode:o}); it holds every platform password.",
-            fix=f"chmod 600 {path}",
-        )
+    require_private(path, "every platform password")
     try:
         data = tomllib.loads(path.read_text())
         loaded = Secrets.model_validate(data)

@@ -17,7 +17,6 @@ import fcntl
 import os
 import re
 import secrets
-import stat
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import tomli_w
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from flowyard.config.secrets import require_private
 from flowyard.errors import FlowyardError
 from flowyard.files import write_private
 
@@ -79,14 +79,9 @@ def check_name(name: str) -> str:
 def load_users(path: Path) -> dict[str, User]:
     """The users file; {} when there is none yet."""
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        require_private(path, "every login's hash")
     except FileNotFoundError:
         return {}
-    if mode & 0o077:
-        raise FlowyardError(
-            f"{path} is readable by others (mode {mode:o}); it holds every login's hash.",
-            fix=f"chmod 600 {path}",
-        )
     try:
         data = tomllib.loads(path.read_text())
         return {
@@ -119,9 +114,11 @@ def save_users(path: Path, users: dict[str, User]) -> None:
 @contextlib.contextmanager
 def _editing(path: Path) -> Iterator[None]:
     """One writer at a time: `user add`, `worker join-file`, `worker remove` and `up` may run
-    together, and each rewrites the whole file from what it read."""
+    together, and each rewrites the whole file from what it read. The lock is on the file's
+    directory (the home), so no lock file is left behind; the home lock of state-changing
+    commands is a file of its own (`platform.lock`), so the two never meet."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
