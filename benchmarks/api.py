@@ -20,7 +20,7 @@ import httpx
 from benchmarks.harness import BenchEnv, say
 from benchmarks.report import BenchResult, Figure
 from benchmarks.stats import rate, summarize
-from flowyard.client.api import api_client, auth_header, prefect_api_socket
+from flowyard.client.api import api_client, auth_header, internal_auth_string, prefect_api_socket
 from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK
 
@@ -37,6 +37,8 @@ CALLS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
 
 def client_options(ctx: Context) -> dict[str, dict[str, Any]]:
     """httpx.Client keyword arguments for each path."""
+    # Through the proxy with the admin's login (the access gate checks it); on the socket
+    # with the credential Prefect itself checks behind the gate.
     headers = auth_header(ctx.secrets.prefect_auth_string.get_secret_value())
     proxy: dict[str, Any] = {"base_url": ctx.config.proxy.url, "headers": headers}
     if ctx.config.proxy.tls == "internal":
@@ -46,7 +48,7 @@ def client_options(ctx: Context) -> dict[str, dict[str, Any]]:
         # Prefect itself, on the owner-only socket Caddy forwards to.
         "direct": {
             "base_url": f"http://{LOOPBACK}:{ctx.config.prefect.port}",
-            "headers": headers,
+            "headers": auth_header(internal_auth_string(ctx)),
             "uds": str(prefect_api_socket(ctx)),
         },
     }

@@ -50,8 +50,8 @@ def test_quick_run_writes_valid_results(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_quick_dask_row(tmp_path: Path) -> None:
-    """The Dask row: a platform with its Dask cluster, tiny tasks three ways, one figure
-    each against raw Client.map (values real, not asserted: a busy machine moves them)."""
+    """The Dask row: a platform with its Dask cluster, tiny tasks four ways, each figure a
+    pair of them (values real, not asserted: a busy machine moves them)."""
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--only", "dask", "--out", str(tmp_path)],
         cwd=REPO,
@@ -64,5 +64,5 @@ def test_quick_dask_row(tmp_path: Path) -> None:
     assert report.validate(doc) == []
     (bench,) = doc["benchmarks"]
     assert bench["name"] == "dask" and bench["status"] == "ok", bench["notes"]
-    assert len(bench["figures"]) == 3
+    assert len(bench["figures"]) == 4
     assert all(f["value"] > 0 and f["reference"] > 0 for f in bench["figures"])
