@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -105,3 +106,18 @@ def remote_host() -> Iterator[RemoteHost | None]:
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+
+
+def stop_joined_worker(worker: subprocess.Popen[bytes], grace: float = 30) -> None:
+    """Stop a joined worker as its user would (SIGTERM to its process group, which holds
+    its flow runs and Dask processes too), killing the group if it does not stop in time."""
+    try:
+        # The group outlives its leader while any of its processes runs.
+        os.killpg(worker.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        worker.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import ssl
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from flowyard.config.context import Context
 from flowyard.services.caddy import tls_verify
 from flowyard.testing import running_platform
 from tests.integration.conftest import flowyard_cli
+from tests.integration.netns import stop_joined_worker
 from tests.integration.runs import api, cli_ok, wait_state
 
 pytestmark = pytest.mark.integration
@@ -179,12 +179,7 @@ def test_joined_worker_runs_a_flow_and_cannot_delete_a_deployment(
                 assert time.monotonic() - t0 < 5, "removed worker still allowed after 5 s"
                 time.sleep(0.2)
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop_joined_worker(worker)
 
 
 def _events_socket(ctx: Context, login: str) -> Any:

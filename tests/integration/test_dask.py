@@ -31,7 +31,7 @@ from flowyard.services import dask as dask_service
 from flowyard.testing import platform_pids, running_platform
 from flowyard.waiting import wait_until
 from tests.integration.conftest import flowyard_cli
-from tests.integration.netns import RemoteHost, remote_host
+from tests.integration.netns import RemoteHost, remote_host, stop_joined_worker
 from tests.integration.runs import create_run, deploy, wait_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -314,13 +314,7 @@ def test_a_dask_worker_joined_from_another_host_runs_a_flows_tasks(
         assert name in ran_on, ran_on
         assert ran_on & local_names(deployed), ran_on
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
+        stop_joined_worker(worker)
 
 
 def test_a_dask_worker_killed_mid_flow_has_its_tasks_rescheduled(deployed: Context) -> None:
