@@ -24,12 +24,13 @@ import pytest
 from pydantic import SecretStr
 
 from flowyard.config.context import Context
+from flowyard.config.secrets import PLATFORM_WORKER
 from flowyard.platform.supervisor import Supervisor
 from flowyard.services import mlflow as mlflow_service
 from flowyard.services import seaweedfs
 from flowyard.services.caddy import tls_verify
 from flowyard.testing import running_platform
-from tests.integration.runs import create_run, deploy, result_value, wait_state
+from tests.integration.runs import create_run, deploy, result_value, run_logs, wait_state
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +73,7 @@ def probe(platform: Context) -> dict[str, Any]:
         admin_experiment_id=r.json()["experiment_id"],
     )
     run = wait_state(ctx, run_id, {"COMPLETED", "FAILED", "CRASHED"}, timeout=300)
-    assert run["state_type"] == "COMPLETED", run["state"]
+    assert run["state_type"] == "COMPLETED", (run["state"], run_logs(ctx, run_id)[-20:])
     # The result itself was written by the run to the results bucket with the flows' key.
     report = result_value(ctx, run)
     assert isinstance(report, dict)
@@ -122,6 +123,15 @@ def test_flow_s3_key_reads_code_and_writes_results_only(
         Bucket=store.code_bucket, Prefix="probe/"
     )
     assert listed.get("KeyCount", 0) == 0
+
+
+def test_flow_prefect_login_is_a_workers(platform: Context, probe: dict[str, Any]) -> None:
+    """The run's Prefect login is the platform workers' own (role `worker`), not the admin's:
+    it reads its own run, and the gate refuses what only an admin may do."""
+    assert probe["prefect_user"] == PLATFORM_WORKER
+    assert probe["prefect_read_own_run"] == "ok", probe["prefect_read_own_run"]
+    assert probe["prefect_create_pool"] == "403", probe["prefect_create_pool"]
+    assert probe["prefect_delete_deployment"] == "403", probe["prefect_delete_deployment"]
 
 
 def test_flow_mlflow_login_logs_its_own_runs_and_is_no_admin(

@@ -16,7 +16,16 @@ import pytest
 from flowyard.access import audit, matrix
 from flowyard.access.gate import REFUSED_HEADER, USER_HEADER, Gate
 from flowyard.access.logins import Logins
-from flowyard.config.users import ROLES, add_user, ensure_users_file, load_users, remove_user
+from flowyard.config.secrets import PLATFORM_WORKER
+from flowyard.config.users import (
+    ROLES,
+    add_user,
+    ensure_platform_worker,
+    ensure_users_file,
+    load_users,
+    remove_user,
+    verify_key,
+)
 from flowyard.errors import FlowyardError
 
 ADMIN = "admin:the-old-shared-key"
@@ -105,6 +114,29 @@ def test_users_file_migration_add_remove(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(FlowyardError, match="readable by others"):
         load_users(path)
+
+
+def test_platform_workers_login_is_kept_with_its_key_and_role(tmp_path: Path) -> None:
+    """`up` (the gate's prepare) keeps secrets.toml's worker login in users.toml: made when
+    missing, re-made when re-keyed or given another role, never removable, name reserved."""
+    path = tmp_path / "users.toml"
+    worker = f"{PLATFORM_WORKER}:its-key"
+    ensure_platform_worker(path, ADMIN, worker)
+    users = load_users(path)
+    assert set(users) == {"admin", PLATFORM_WORKER} and users[PLATFORM_WORKER].role == "worker"
+    assert verify_key(users[PLATFORM_WORKER], "its-key")
+    stamp = path.stat().st_mtime_ns
+    ensure_platform_worker(path, ADMIN, worker)
+    assert path.stat().st_mtime_ns == stamp  # unchanged: not rewritten
+    ensure_platform_worker(path, ADMIN, f"{PLATFORM_WORKER}:a-new-key")
+    users = load_users(path)
+    assert verify_key(users[PLATFORM_WORKER], "a-new-key")
+    assert not verify_key(users[PLATFORM_WORKER], "its-key")
+    with pytest.raises(FlowyardError, match="platform's own workers"):
+        remove_user(path, ADMIN, PLATFORM_WORKER)
+    with pytest.raises(FlowyardError, match="platform's own workers"):
+        add_user(path, ADMIN, PLATFORM_WORKER, "admin")
+    assert load_users(path)[PLATFORM_WORKER].role == "worker"
 
 
 def test_concurrent_adds_keep_every_login(tmp_path: Path) -> None:

@@ -117,21 +117,24 @@ def test_a_join_file_from_before_mlflow_still_joins(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("where", ["local", "joined"])
-def test_a_workers_env_carries_no_admin_credential_but_prefects(tmp_path: Path, where: str) -> None:
-    """Flow runs inherit their worker's environment: the flows' scoped S3 keys and MLflow's
-    non-admin `flows` login, never the admin S3 keys or the MLflow admin's password. The
-    Prefect credential is still the admin auth string (docs/security.md)."""
+def test_a_workers_env_carries_no_admin_credential(tmp_path: Path, where: str) -> None:
+    """Flow runs inherit their worker's environment: the flows' scoped S3 keys, MLflow's
+    non-admin `flows` login and a Prefect login with the `worker` role, never the admin S3
+    keys, the MLflow admin's password or the admin's Prefect login (docs/security.md)."""
     ctx = platform(tmp_path)
     env = local_worker.env(ctx) if where == "local" else joined_env(ctx, tmp_path)
     secrets = ctx.secrets
-    admin = [secrets.get(k) for k in ("s3_access_key", "s3_secret_key", "mlflow_admin_password")]
+    admin = [
+        secrets.get(k)
+        for k in ("s3_access_key", "s3_secret_key", "mlflow_admin_password", "prefect_auth_string")
+    ]
     leaked = [k for k, v in env.items() if any(a in v for a in admin)]
     assert not leaked, f"admin credentials in {leaked}"
     assert env["AWS_ACCESS_KEY_ID"] == secrets.get("s3_flows_access_key")
     assert env["AWS_SECRET_ACCESS_KEY"] == secrets.get("s3_flows_secret_key")
     assert env["MLFLOW_TRACKING_USERNAME"] == "flows"
     assert env["MLFLOW_TRACKING_PASSWORD"] == secrets.get("mlflow_flows_password")
-    assert env["PREFECT_API_AUTH_STRING"] == secrets.get("prefect_auth_string")
+    assert env["PREFECT_API_AUTH_STRING"] == secrets.get("prefect_worker_auth_string")
     # The worker's own (empty) profiles file, never the operator's, which holds more.
     if where == "local":
         assert env["PREFECT_PROFILES_PATH"] != str(ctx.paths.prefect_profiles)

@@ -7,9 +7,9 @@ other does not is a bug: a flow must behave the same whichever worker runs it.
 Two kinds of profile: the operator's (`from_context`: `flowyard env`, deploys, apply) holds
 the admin credentials; a worker's (`for_workers`: the local worker, join files, compose
 workers, and so every flow run) holds the flows' scoped ones: an S3 identity limited to
-reading the code bucket and writing results, and MLflow's non-admin `flows` user. The Prefect
-credential is still the admin auth string in both: Prefect's basic auth knows one login
-(per-worker Prefect credentials are the team-access issue's; docs/security.md).
+reading the code bucket and writing results, and MLflow's non-admin `flows` user. Behind the
+access gate (docs/access.md) a worker's Prefect login is a `worker` one too: the platform
+workers' own (`prefect_worker_auth_string`), or the one `worker join-file` mints.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ class ClientProfile:
         return cls._build(
             ctx,
             ca_file,
+            auth_string=ctx.secrets.prefect_auth_string.get_secret_value(),
             s3_keys=(ctx.secrets.get("s3_access_key"), ctx.secrets.get("s3_secret_key")),
             mlflow_login=(MLFLOW_ADMIN_USER, ctx.secrets.get("mlflow_admin_password")),
             dask_dir=ctx.paths.dask_pki,
@@ -111,6 +112,13 @@ class ClientProfile:
         return cls._build(
             ctx,
             ca_file,
+            # The platform workers' own login (role `worker`) where the access gate checks
+            # logins (services.gate.enabled); without the gate Prefect knows only the admin's.
+            auth_string=(
+                ctx.secrets.get("prefect_worker_auth_string")
+                if ctx.hosts.use_sockets
+                else ctx.secrets.prefect_auth_string.get_secret_value()
+            ),
             s3_keys=(
                 (ctx.secrets.get(s3[0]), ctx.secrets.get(s3[1]))
                 if s3
@@ -126,6 +134,7 @@ class ClientProfile:
         cls,
         ctx: Context,
         ca_file: Path | None,
+        auth_string: str,
         s3_keys: tuple[str, str],
         mlflow_login: tuple[str, str],
         dask_dir: Path,
@@ -155,7 +164,7 @@ class ClientProfile:
         return cls(
             url=cfg.proxy.url,
             s3_url=s3_url,
-            auth_string=ctx.secrets.prefect_auth_string.get_secret_value(),
+            auth_string=auth_string,
             s3_access_key=s3_keys[0],
             s3_secret_key=s3_keys[1],
             region=cfg.object_store.region,

@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from flowyard.errors import FlowyardError
 from flowyard.files import write_private
 
+# The login name of the platform's own workers (`prefect_worker_auth_string`): reserved.
+PLATFORM_WORKER = "platform-worker"
+
 
 def _token(nbytes: int = 24) -> str:
     return secrets.token_urlsafe(nbytes)
@@ -55,6 +58,12 @@ class Secrets(BaseModel):
         None, description="`user:password` Prefect's API checks behind the access gate."
     )
 
+    # The platform's own workers (the local one, its Dask workers, Kubernetes pods): a login
+    # with the `worker` role in users.toml, so flow runs never hold the admin login.
+    prefect_worker_auth_string: SecretStr | None = Field(
+        None, description="`user:key` of the platform's own workers (role `worker`)."
+    )
+
     @classmethod
     def generate(cls) -> Secrets:
         return cls(**{**cls._generate_required(), **cls._generate_added()})
@@ -81,6 +90,7 @@ class Secrets(BaseModel):
             s3_flows_secret_key=SecretStr(_token(30)),
             mlflow_flows_password=SecretStr(_token()),
             prefect_internal_auth_string=SecretStr(f"internal:{_token()}"),
+            prefect_worker_auth_string=SecretStr(f"{PLATFORM_WORKER}:{_token()}"),
         )
 
     def missing(self) -> list[str]:
@@ -116,7 +126,7 @@ class Secrets(BaseModel):
 
 # Secrets only native mode uses: the compose stack has no access gate yet (docs/access.md), so
 # its .env does not carry them (an existing .env keeps working unchanged).
-NATIVE_ONLY = frozenset({"prefect_internal_auth_string"})
+NATIVE_ONLY = frozenset({"prefect_internal_auth_string", "prefect_worker_auth_string"})
 
 
 def compose_fields() -> list[str]:

@@ -28,7 +28,7 @@ import tomli_w
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from flowyard.config.secrets import require_private
+from flowyard.config.secrets import PLATFORM_WORKER, require_private
 from flowyard.errors import FlowyardError
 from flowyard.files import write_private
 
@@ -144,9 +144,29 @@ def _ensure(path: Path, admin_auth_string: str) -> dict[str, User]:
     return users
 
 
+def ensure_platform_worker(path: Path, admin_auth_string: str, worker_auth_string: str) -> None:
+    """The platform's own workers' login (secrets.toml's `prefect_worker_auth_string`) is in
+    the file with the `worker` role and that key; re-made if it was edited away or re-keyed.
+    The key is checked against its hash only when the entry exists (one argon2 verify, ~0.2 s,
+    at `up`)."""
+    name, _, key = worker_auth_string.partition(":")
+    with _editing(path):
+        users = _ensure(path, admin_auth_string)
+        have = users.get(name)
+        if have is not None and have.role == "worker" and verify_key(have, key):
+            return
+        users[name] = User(name, "worker", hash_key(key), _now())
+        save_users(path, users)
+
+
 def add_user(path: Path, admin_auth_string: str, name: str, role: str) -> str:
     """Create `name` with `role`; returns its login `NAME:KEY` (the only time it exists)."""
     check_name(name)
+    if name == PLATFORM_WORKER:
+        raise FlowyardError(
+            f"{name!r} is the name of the platform's own workers' login.",
+            fix="Choose another name.",
+        )
     if role not in ROLES:
         raise FlowyardError(f"Unknown role {role!r}.", fix=f"Use one of: {', '.join(ROLES)}.")
     with _editing(path):
@@ -164,11 +184,17 @@ def add_user(path: Path, admin_auth_string: str, name: str, role: str) -> str:
 
 def remove_user(path: Path, admin_auth_string: str, name: str) -> User:
     platform_login = admin_auth_string.partition(":")[0]
+    if name == PLATFORM_WORKER:
+        raise FlowyardError(
+            f"User {name!r} is the platform's own workers' login (prefect_worker_auth_string "
+            "in secrets.toml): the local worker and its flow runs use it.",
+            fix="Keep it; `flowyard down` stops the local worker if you want it gone.",
+        )
     if name == platform_login:
-        # The local worker, its flow runs and the server's own commands log in with it.
+        # The server's own commands log in with it.
         raise FlowyardError(
             f"User {name!r} is the platform's own login (prefect_auth_string in "
-            "secrets.toml): the local worker, its flow runs and `flowyard` commands use it.",
+            "secrets.toml): `flowyard` commands use it.",
             fix="Keep it; remove the people and workers you added instead.",
         )
     with _editing(path):

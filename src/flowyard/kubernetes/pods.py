@@ -54,12 +54,9 @@ SECRET_KEYS = frozenset(
 
 
 def worker_profile(ctx: Context) -> ClientProfile:
-    """The one profile Kubernetes workers and their flow runs get.
-
-    It must be the *scoped worker* profile (worker credentials, not the admin's) once
-    `ClientProfile` has one: when that lands, this call is the one line to change, and the
-    Secret, the values file and the pool's job template all follow.
-    """
+    """The one profile Kubernetes workers and their flow runs get: the scoped worker profile
+    (the platform workers' `worker` login, the flows' S3 and MLflow credentials); the
+    Secret, the values file and the pool's job template all follow from it."""
     return ClientProfile.for_workers(ctx)
 
 

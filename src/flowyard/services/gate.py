@@ -16,7 +16,7 @@ import httpx
 from flowyard.access.gate import INTERNAL_VAR
 from flowyard.client.api import internal_auth_string, local_http
 from flowyard.config.context import Context
-from flowyard.config.users import ensure_users_file
+from flowyard.config.users import ensure_platform_worker, ensure_users_file
 from flowyard.services import postgres
 from flowyard.services.base import Service
 from flowyard.services.prefect_api import access_env
@@ -31,7 +31,11 @@ def enabled(ctx: Context) -> bool:
 
 def prepare(ctx: Context) -> None:
     ctx.paths.sockets.mkdir(parents=True, exist_ok=True)
-    ensure_users_file(ctx.paths.users_file, ctx.secrets.prefect_auth_string.get_secret_value())
+    admin = ctx.secrets.prefect_auth_string.get_secret_value()
+    ensure_users_file(ctx.paths.users_file, admin)
+    ensure_platform_worker(
+        ctx.paths.users_file, admin, ctx.secrets.get("prefect_worker_auth_string")
+    )
 
 
 def is_ready(ctx: Context) -> bool:

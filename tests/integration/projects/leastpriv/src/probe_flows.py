@@ -6,12 +6,14 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import boto3
 import httpx
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from prefect import flow
+from prefect.runtime import deployment as runtime_deployment
 from prefect.runtime import flow_run
 
 
@@ -97,4 +99,18 @@ def probe(
             timeout=30,
         ).raise_for_status()
     )
+
+    # Prefect's API with this run's own login (PREFECT_API_AUTH_STRING, through the gate): a
+    # worker's role, which runs flows but may not change the platform.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    out["prefect_user"] = os.environ["PREFECT_API_AUTH_STRING"].partition(":")[0]
+    with get_client(sync_client=True) as prefect:
+        out["prefect_read_own_run"] = attempt(lambda: prefect.read_flow_run(flow_run.id))
+        out["prefect_create_pool"] = attempt(
+            lambda: prefect.create_work_pool(WorkPoolCreate(name=f"probe-{os.getpid()}"))
+        )
+        deployment = UUID(str(runtime_deployment.id))
+        out["prefect_delete_deployment"] = attempt(lambda: prefect.delete_deployment(deployment))
     return out
