@@ -56,6 +56,9 @@ class Logins:
         with self._lock:
             self._refresh()
             hit = self._verified.get(digest)
+            if hit is not None and hit.expired():
+                # An SSO session past its time (flowyard.access.sso): refused from then on.
+                return None
             if hit is not None or digest in self._refused:
                 return hit
             name, sep, key = login.partition(":")
@@ -63,7 +66,7 @@ class Logins:
             stamp = self._stamp
         if not verify:
             return None
-        if not sep or user is None or not verify_key(user, key):
+        if not sep or user is None or user.expired() or not verify_key(user, key):
             with self._lock:
                 if len(self._refused) >= MAX_REFUSED:
                     self._refused.clear()
@@ -81,7 +84,7 @@ class Logins:
         """Whether `user` still exists with the same key and role (revocation checks)."""
         with self._lock:
             self._refresh()
-            return self._users.get(user.name) == user
+            return self._users.get(user.name) == user and not user.expired()
 
     def check_basic(self, header: str | None, verify: bool = True) -> User | None:
         """The user of an `Authorization: Basic ...` header."""

@@ -9,14 +9,16 @@ admin), so an existing home keeps working unchanged.
 
 from __future__ import annotations
 
+import json
 import sys
 
 import httpx
 
-from flowyard.access.gate import INTERNAL_VAR
+from flowyard.access.gate import INTERNAL_VAR, SSO_FILE_VAR
 from flowyard.client.api import internal_auth_string, local_http
 from flowyard.config.context import Context
 from flowyard.config.users import ensure_users_file
+from flowyard.files import write_private
 from flowyard.services import postgres
 from flowyard.services.base import Service
 from flowyard.services.prefect_api import access_env
@@ -32,6 +34,26 @@ def enabled(ctx: Context) -> bool:
 def prepare(ctx: Context) -> None:
     ctx.paths.sockets.mkdir(parents=True, exist_ok=True)
     ensure_users_file(ctx.paths.users_file, ctx.secrets.prefect_auth_string.get_secret_value())
+    sso = ctx.config.access.sso
+    if sso.enabled:
+        settings = {
+            "issuer": sso.issuer,
+            "client_id": sso.client_id,
+            # The provider sends the browser back here, through Caddy (services.caddyfile).
+            "redirect_uri": f"{ctx.config.proxy.url}/auth/callback",
+            "scopes": sso.scopes,
+            "groups_claim": sso.groups_claim,
+            "roles": sso.roles,
+            "session_hours": sso.session_hours,
+            "secret_file": str(ctx.paths.sso_client_secret),
+        }
+        write_private(ctx.paths.sso_settings, json.dumps(settings, indent=2) + "\n")
+    else:
+        ctx.paths.sso_settings.unlink(missing_ok=True)
+
+
+def sso_env(ctx: Context) -> dict[str, str]:
+    return {SSO_FILE_VAR: str(ctx.paths.sso_settings)} if ctx.config.access.sso.enabled else {}
 
 
 def is_ready(ctx: Context) -> bool:
@@ -65,7 +87,7 @@ def service(ctx: Context) -> Service:
             "warning",
             "--no-access-log",
         ],
-        env={**access_env(ctx), INTERNAL_VAR: internal_auth_string(ctx)},
+        env={**access_env(ctx), INTERNAL_VAR: internal_auth_string(ctx), **sso_env(ctx)},
         cwd=ctx.paths.run,
         ready=lambda: is_ready(ctx),
         ready_timeout=30,
