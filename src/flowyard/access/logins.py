@@ -4,7 +4,8 @@ argon2 verification takes ~0.2 s of CPU on purpose, far too slow for every API c
 successful verification is cached in memory, keyed by a SHA-256 of the presented login (the
 login itself is not kept). The cache lives only as long as the users file is unchanged: every
 check compares the file's identity (inode, size, mtime), and any change empties the cache
-and re-reads the file. That is how a removed user is refused on the next request.
+and re-reads the file. That is how a removed user is refused on the next request. SSO
+sessions (flowyard.access.sso) are entries with an expiry: refused from then on, cached or not.
 """
 
 from __future__ import annotations

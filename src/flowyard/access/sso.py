@@ -138,6 +138,8 @@ class Sso:
             # The provider unreachable or answering nonsense: the person gets a page, the
             # log gets the details (never a token: authlib's errors carry none).
             log.exception("SSO %s %s failed", method, path)
+            if path == CALLBACK_PATH:
+                self._audit("-", 502)
             return _page(502, "Sign-in failed", _p("The sign-in provider could not be used."))
         return _page(404, "Not found", _p("No such page."))
 

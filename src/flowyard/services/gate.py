@@ -4,7 +4,9 @@ credential in Prefect itself (docs/access.md says what is not done).
 
 uvicorn serves the gate's bare ASGI app on an owner-only Unix socket; the users file is made
 here from secrets.toml's login when missing (the migration: that login becomes the first
-admin), so an existing home keeps working unchanged.
+admin), so an existing home keeps working unchanged. With `[access.sso]` enabled the gate also
+serves the OpenID Connect login pages under /auth/ (flowyard.access.sso), its settings rendered
+here to an owner-only file it reads at start.
 """
 
 from __future__ import annotations
