@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from flowyard.access.logins import Logins
-from flowyard.access.sso import role_for
+from flowyard.access.sso import identity_of, role_for
 from flowyard.config.context import Context
 from flowyard.config.load import load_config
 from flowyard.config.secrets import Secrets
@@ -103,6 +103,15 @@ def test_groups_give_the_highest_mapped_role_or_none() -> None:
     assert role_for(["marketing"], roles) is None
     assert role_for(None, roles) is None
     assert role_for({"ml-admins": True}, roles) is None
+
+
+def test_the_session_is_named_by_a_verified_email_or_the_subject() -> None:
+    assert identity_of({"sub": "u1", "email": "a@example.com"}) == "a@example.com"
+    assert identity_of({"sub": "u1", "email": "a@example.com", "email_verified": True}) == (
+        "a@example.com"
+    )
+    assert identity_of({"sub": "u1", "email": "a@example.com", "email_verified": False}) == "u1"
+    assert identity_of({"sub": "u1"}) == "u1"
 
 
 def test_sso_sessions_work_expire_and_end(tmp_path: Path) -> None:

@@ -92,6 +92,15 @@ def role_for(groups: Any, roles: dict[str, str]) -> str | None:
     return max(found, key=RANK.__getitem__) if found else None
 
 
+def identity_of(claims: Any) -> str:
+    """Who signed in, for the session's name and the audit log: the e-mail unless the provider
+    says it is unverified, else the subject. It names; it grants nothing (groups do)."""
+    email = claims.get("email")
+    if isinstance(email, str) and email and claims.get("email_verified") is not False:
+        return email
+    return str(claims["sub"])
+
+
 class Sso:
     def __init__(
         self, settings: SsoSettings, users_file: Path, logins: Logins, writer: Any
@@ -185,7 +194,7 @@ class Sso:
         claims = await self.client.parse_id_token(token, nonce=pending.nonce)
         if claims is None:
             raise RuntimeError("the provider sent no ID token")
-        identity = str(claims.get("email") or claims["sub"])
+        identity = identity_of(claims)
         role = role_for(claims.get(self.settings.groups_claim), self.settings.roles)
         if role is None:
             self._audit(f"sso:{identity}", 403)
