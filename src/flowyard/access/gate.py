@@ -34,6 +34,8 @@ ROLE_HEADER = "x-flowyard-role"
 # On the gate's own refusals, so a client (and the tests) can tell them from Prefect's.
 REFUSED_HEADER = "x-flowyard-refused"
 API_PREFIX = "/api"
+# Names the SSO settings file (flowyard.access.sso); absent when SSO is off.
+SSO_FILE_VAR = "FLOWYARD_SSO_FILE"
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -45,6 +47,9 @@ class Gate:
         self.logins = Logins(users_file)
         self.internal = "Basic " + base64.b64encode(internal_auth.encode()).decode()
         self.writer = writer
+        # SSO (flowyard.access.sso), when `[access.sso]` is enabled: its pages under /auth/
+        # are proxied here by Caddy without forward_auth.
+        self.sso: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -53,6 +58,19 @@ class Gate:
         if scope["type"] not in ("http", "websocket"):
             return
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.sso is not None and scope["type"] == "http" and scope["path"].startswith("/auth/"):
+            status, out, body = await self.sso.handle(
+                scope["method"], scope["path"], scope.get("query_string", b"").decode(), headers
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(k.encode(), v.encode("latin-1")) for k, v in out.items()],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
         method = headers.get("x-forwarded-method", "GET").upper()
         uri = urlsplit(headers.get("x-forwarded-uri", "/"))
         path = unquote(uri.path)
@@ -133,4 +151,10 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 def create_app() -> Gate:
     """uvicorn's factory: settings from the environment the service description renders."""
     env = dict(os.environ)
-    return Gate(Path(env[USERS_FILE_VAR]), env[INTERNAL_VAR], audit.writer_from_env(env))
+    gate = Gate(Path(env[USERS_FILE_VAR]), env[INTERNAL_VAR], audit.writer_from_env(env))
+    if env.get(SSO_FILE_VAR):
+        # Imported only then: authlib is not needed by a gate without SSO.
+        from flowyard.access.sso import sso_from_env
+
+        gate.sso = sso_from_env(env, Path(env[USERS_FILE_VAR]), gate.logins, gate.writer)
+    return gate

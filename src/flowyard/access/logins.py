@@ -4,7 +4,8 @@ argon2 verification takes ~0.2 s of CPU on purpose, far too slow for every API c
 successful verification is cached in memory, keyed by a SHA-256 of the presented login (the
 login itself is not kept). The cache lives only as long as the users file is unchanged: every
 check compares the file's identity (inode, size, mtime), and any change empties the cache
-and re-reads the file. That is how a removed user is refused on the next request.
+and re-reads the file. That is how a removed user is refused on the next request. SSO
+sessions (flowyard.access.sso) are entries with an expiry: refused from then on, cached or not.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class Logins:
         with self._lock:
             self._refresh()
             hit = self._verified.get(digest)
+            if hit is not None and hit.expired():
+                # An SSO session past its time (flowyard.access.sso): refused from then on.
+                return None
             if hit is not None or digest in self._refused:
                 return hit
             name, sep, key = login.partition(":")
@@ -63,7 +67,7 @@ class Logins:
             stamp = self._stamp
         if not verify:
             return None
-        if not sep or user is None or not verify_key(user, key):
+        if not sep or user is None or user.expired() or not verify_key(user, key):
             with self._lock:
                 if len(self._refused) >= MAX_REFUSED:
                     self._refused.clear()
@@ -81,7 +85,7 @@ class Logins:
         """Whether `user` still exists with the same key and role (revocation checks)."""
         with self._lock:
             self._refresh()
-            return self._users.get(user.name) == user
+            return self._users.get(user.name) == user and not user.expired()
 
     def check_basic(self, header: str | None, verify: bool = True) -> User | None:
         """The user of an `Authorization: Basic ...` header."""

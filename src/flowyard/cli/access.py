@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from flowyard.cli._common import HomeOption, console, handle_errors, print_json,
 from flowyard.config.context import load_context
 from flowyard.config.users import PERSON_ROLES, add_user, ensure_users_file, remove_user
 from flowyard.errors import FlowyardError
+from flowyard.files import write_private
 from flowyard.ops import access
 
 app = typer.Typer(help="People's logins and roles.", no_args_is_help=True)
@@ -50,21 +52,43 @@ def list_users(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     home: Path | None = HomeOption,
 ) -> None:
-    """Every login: name, role, created."""
+    """Every login: name, role, created, and when it expires (SSO sessions)."""
     ctx = load_context(resolve_home(home))
     users = ensure_users_file(
         ctx.paths.users_file, ctx.secrets.prefect_auth_string.get_secret_value()
     )
-    rows = [{"name": u.name, "role": u.role, "created": u.created} for u in users.values()]
+    # SSO sessions (docs/access.md, "SSO") are listed too, with the time they end.
+    rows = [
+        {"name": u.name, "role": u.role, "created": u.created, "expires": u.expires or ""}
+        for u in users.values()
+    ]
     if as_json:
         print_json(rows)
         return
     table = Table()
-    for col in ("name", "role", "created"):
+    for col in ("name", "role", "created", "expires"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["role"], r["created"])
+        table.add_row(r["name"], r["role"], r["created"], r["expires"])
     console.print(table)
+
+
+@app.command("sso-secret")
+@handle_errors
+def sso_secret(home: Path | None = HomeOption) -> None:
+    """Store the OpenID Connect client secret ([access.sso]), read from standard input (never
+    an argument, which other users can see); takes effect at the next `flowyard up`."""
+    ctx = load_context(resolve_home(home))
+    value = sys.stdin.readline().strip() if not sys.stdin.isatty() else ""
+    if not value:
+        value = typer.prompt("Client secret", hide_input=True).strip()
+    if not value:
+        raise FlowyardError(
+            "No client secret given.",
+            fix="Pipe it in (`flowyard user sso-secret < file`) or type it at the prompt.",
+        )
+    write_private(ctx.paths.sso_client_secret, value + "\n")
+    console.print(f"[green]Stored[/] the SSO client secret in {ctx.paths.sso_client_secret}.")
 
 
 @app.command("remove")

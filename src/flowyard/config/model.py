@@ -15,6 +15,7 @@ import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -432,12 +433,85 @@ class HygieneConfig(_Section):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
 
+# Roles an SSO login may get (`access.sso.roles`); `worker` is for machines, minted by
+# `flowyard worker join-file`, never by a browser login.
+SSO_ROLES = ("viewer", "operator", "admin")
+
+
+class SsoConfig(_Section):
+    """Browser login through OpenID Connect (authorization code + PKCE), natively: the access
+    gate runs the client (docs/access.md, "SSO"). The client secret is not kept here: it is
+    `$FLOWYARD_HOME/sso-client-secret` (0600), set by `flowyard user sso-secret`."""
+
+    enabled: bool = Field(False, description="Offer SSO login at /auth/login.")
+    issuer: str | None = Field(
+        None,
+        description="The provider's issuer URL (discovery at ISSUER/.well-known/"
+        "openid-configuration); https, or http for a loopback address only.",
+    )
+    client_id: str | None = Field(None, description="The client id registered at the provider.")
+    scopes: list[str] = Field(
+        ["openid", "email", "profile"],
+        description="Scopes asked for; must include openid (add the provider's groups scope "
+        "if it sends groups only when asked).",
+    )
+    groups_claim: str = Field("groups", description="ID token claim listing the groups.")
+    roles: dict[str, str] = Field(
+        default_factory=dict,
+        description="Group -> role (viewer, operator, admin); a login in several mapped groups "
+        "gets the highest role, one in none is refused.",
+    )
+    session_hours: float = Field(
+        12, gt=0, le=720, description="How long an SSO session's login is valid."
+    )
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an https:// URL, e.g. https://login.example.com/realms/x")
+        # Plain http only for a provider on this machine's loopback (a test or development
+        # provider): tokens then never cross a network. Anything else is TLS, verified.
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ValueError("must be https:// (http:// only for a loopback address)")
+        if parts.query or parts.fragment:
+            raise ValueError("must have no query or fragment")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _complete(self) -> SsoConfig:
+        for group, role in self.roles.items():
+            if role not in SSO_ROLES:
+                raise ValueError(
+                    f"access.sso.roles: group {group!r} maps to unknown role {role!r}; "
+                    f"use one of {', '.join(SSO_ROLES)}"
+                )
+        if "openid" not in self.scopes:
+            raise ValueError("access.sso.scopes must include 'openid'")
+        if self.enabled:
+            missing = [n for n in ("issuer", "client_id") if not getattr(self, n)]
+            if missing:
+                raise ValueError(
+                    f"access.sso.enabled needs access.sso.{' and access.sso.'.join(missing)}"
+                )
+            if not self.roles:
+                raise ValueError(
+                    "access.sso.enabled needs access.sso.roles (group -> role): without it "
+                    "every SSO login would be refused"
+                )
+        return self
+
+
 class AccessConfig(_Section):
     """Team access: per-person and per-worker logins and roles (docs/access.md)."""
 
     audit_retention_days: int = Field(
         90, ge=1, description="Days of audit log (mutations and refusals) kept in PostgreSQL."
     )
+    sso: SsoConfig = Field(default_factory=SsoConfig)
 
 
 class MlflowConfig(_Section):

@@ -58,6 +58,17 @@ class Paths:
         return self.home / "users.toml"
 
     @property
+    def sso_client_secret(self) -> Path:
+        """The OpenID Connect client secret (`flowyard user sso-secret`), owner-only; read by
+        the access gate when `[access.sso]` is enabled (none: a public client, PKCE only)."""
+        return self.home / "sso-client-secret"
+
+    @property
+    def sso_settings(self) -> Path:
+        """`[access.sso]` as the access gate reads it (rendered at its start), owner-only."""
+        return self.run / "sso.json"
+
+    @property
     def ca_cert(self) -> Path:
         """Caddy's root CA, copied where clients can read it."""
         return self.home / "ca" / "root.crt"

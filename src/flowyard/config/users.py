@@ -48,6 +48,13 @@ class User:
     role: Role
     key_hash: str
     created: str
+    # SSO sessions (`add_session`) only: when the login stops working (ISO time, UTC).
+    expires: str | None = None
+
+    def expired(self, now: datetime | None = None) -> bool:
+        if self.expires is None:
+            return False
+        return datetime.fromisoformat(self.expires) <= (now or datetime.now(UTC))
 
 
 def new_key() -> str:
@@ -86,7 +93,11 @@ def load_users(path: Path) -> dict[str, User]:
         data = tomllib.loads(path.read_text())
         return {
             name: User(
-                name=name, role=entry["role"], key_hash=entry["key"], created=entry["created"]
+                name=name,
+                role=entry["role"],
+                key_hash=entry["key"],
+                created=entry["created"],
+                expires=entry.get("expires"),
             )
             for name, entry in data.get("users", {}).items()
             if entry.get("role") in ROLES
@@ -104,6 +115,7 @@ def save_users(path: Path, users: dict[str, User]) -> None:
     body = {
         "users": {
             u.name: {"role": u.role, "key": u.key_hash, "created": u.created}
+            | ({"expires": u.expires} if u.expires else {})
             for u in sorted(users.values(), key=lambda u: u.name)
         }
     }
@@ -167,6 +179,11 @@ def add_user(path: Path, admin_auth_string: str, name: str, role: str) -> str:
             f"{name!r} is the name of the platform's own workers' login.",
             fix="Choose another name.",
         )
+    if name.startswith(SESSION_PREFIX):
+        raise FlowyardError(
+            f"User name {name!r} starts with {SESSION_PREFIX!r}, which SSO sessions use.",
+            fix="Choose another name.",
+        )
     if role not in ROLES:
         raise FlowyardError(f"Unknown role {role!r}.", fix=f"Use one of: {', '.join(ROLES)}.")
     with _editing(path):
@@ -206,6 +223,48 @@ def remove_user(path: Path, admin_auth_string: str, name: str) -> User:
         removed = users.pop(name)
         save_users(path, users)
     return removed
+
+
+SESSION_PREFIX = "sso."
+
+
+def session_name(identity: str) -> str:
+    """A fresh login name for an SSO session of `identity` (an e-mail or the provider's
+    subject): `sso.<identity, in the characters a name allows>.<6 random hex>`, so the audit
+    log names the person and one person may hold several sessions (browsers)."""
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", identity.lower()).strip("-.")[:48] or "user"
+    return check_name(f"{SESSION_PREFIX}{slug}.{secrets.token_hex(3)}")
+
+
+def add_session(path: Path, name: str, role: str, expires: datetime) -> str:
+    """Store an SSO session's login (made by the access gate after an OpenID Connect login)
+    in the users file, next to the people's own, so the gate and the API's websocket check
+    read it the same way; sessions past their time are dropped while the file is rewritten.
+    Returns `NAME:KEY` (the only time it exists)."""
+    if role not in ROLES or not name.startswith(SESSION_PREFIX):
+        raise FlowyardError(f"Invalid SSO session {name!r} ({role!r}).", fix="A bug: report it.")
+    key = new_key()
+    with _editing(path):
+        users = load_users(path)
+        now = datetime.now(UTC)
+        users = {n: u for n, u in users.items() if not u.expired(now)}
+        stamp = expires.isoformat(timespec="seconds")
+        users[name] = User(name, role, hash_key(key), _now(), stamp)  # type: ignore[arg-type]
+        save_users(path, users)
+    return f"{name}:{key}"
+
+
+def remove_session(path: Path, name: str) -> bool:
+    """End an SSO session (logout); False when there was none of that name."""
+    if not name.startswith(SESSION_PREFIX):
+        return False
+    with _editing(path):
+        users = load_users(path)
+        if name not in users or users[name].expires is None:
+            return False
+        del users[name]
+        save_users(path, users)
+    return True
 
 
 def _now() -> str:

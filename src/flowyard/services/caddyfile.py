@@ -178,6 +178,14 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
     # those through to be checked in-band by the API, flowyard.access.prefect_app); then the
     # UI's static pages, which need no login (the UI asks for one and sends it to the API).
     # flush_interval -1 streams event and log responses as they are written.
+    if up.gate and config.access.sso.enabled:
+        # SSO's pages (flowyard.access.sso) are the gate's own and need no login: they are
+        # how a browser gets one. The gate answers only its three /auth/ routes.
+        main += [
+            "\thandle /auth/* {",
+            f"\t\treverse_proxy {up.gate}",
+            "\t}",
+        ]
     api_login = _api_login(up) if up.gate else []
     for route in ("handle /api/* {", "handle {"):
         main += [
