@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from flowyard.access import audit, matrix
+from flowyard.access import logins as logins_module
 from flowyard.access.gate import REFUSED_HEADER, USER_HEADER, Gate
 from flowyard.access.logins import Logins
 from flowyard.config.secrets import PLATFORM_WORKER
@@ -195,6 +196,45 @@ def test_gate_decisions(tmp_path: Path) -> None:
     assert _ask(gate, "GET", "/files/report.csv", viewer)[0] == 200
     assert _ask(gate, "PUT", "/files/report.csv", viewer)[0] == 403
     assert _ask(gate, "GET", "/api/block_documents/x1?include_secrets=true", viewer)[0] == 403
+
+
+def test_wrong_keys_from_one_address_are_cut_off_before_verifying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each wrong key for an existing name costs an argon2 verification: past FAILED_LIMIT
+    from one address the gate answers 429 without verifying; other addresses, a cached
+    login and the window's end are unaffected."""
+    path = tmp_path / "users.toml"
+    viewer = add_user(path, ADMIN, "vera", "viewer")
+    gate = Gate(path, "internal:secret", None)
+    assert _ask(gate, "GET", "/api/flows/x1", viewer)[0] == 200  # verified once, cached
+    clock = [1000.0]
+    monkeypatch.setattr(logins_module.time, "monotonic", lambda: clock[0])
+    verified: list[str] = []
+    real_verify = logins_module.verify_key
+
+    def counting(user: object, key: str) -> bool:
+        verified.append(key)
+        return real_verify(user, key)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(logins_module, "verify_key", counting)
+
+    def ask(key: str, client: str = "203.0.113.7") -> tuple[int, dict[str, str]]:
+        headers = {"x-forwarded-method": "GET", "x-forwarded-uri": "/api/flows/x1"}
+        headers["authorization"] = "Basic " + base64.b64encode(f"vera:{key}".encode()).decode()
+        headers["x-forwarded-for"] = client
+        return asyncio.run(gate.decide("GET", "/api/flows/x1", "", headers))
+
+    for i in range(logins_module.FAILED_LIMIT):
+        assert ask(f"wrong{i}")[0] == 401
+    assert len(verified) == logins_module.FAILED_LIMIT
+    status, out = ask("wrong-again")
+    assert status == 429 and out[REFUSED_HEADER] == "login" and int(out["retry-after"]) > 0
+    assert len(verified) == logins_module.FAILED_LIMIT  # refused without verifying
+    assert _ask(gate, "GET", "/api/flows/x1", viewer)[0] == 200  # the cached login still works
+    assert ask("wrong-elsewhere", client="198.51.100.1")[0] == 401  # another address verifies
+    clock[0] += logins_module.FAILED_WINDOW_S + 1
+    assert ask("wrong-later")[0] == 401  # the window moved on: verified again
 
 
 def test_audit_object_id_and_skips() -> None:

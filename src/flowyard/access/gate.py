@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from flowyard.access import audit
-from flowyard.access.logins import Logins
+from flowyard.access.logins import Logins, TooManyFailures
 from flowyard.access.matrix import PUBLIC, Decision, decide, websocket_class
 
 USERS_FILE_VAR = "FLOWYARD_USERS_FILE"
@@ -113,7 +113,19 @@ class Gate:
         # CPU), made off the event loop so other requests are not held up.
         user = self.logins.check_basic(auth, verify=False)
         if user is None and auth:
-            user = await asyncio.to_thread(self.logins.check_basic, auth)
+            # Caddy sets X-Forwarded-For to the client's address (it trusts no incoming one).
+            client = headers.get("x-forwarded-for", "-").split(",")[-1].strip()
+            try:
+                user = await asyncio.to_thread(self.logins.check_basic, auth, True, client)
+            except TooManyFailures as exc:
+                self._audit("-", method, decision.route, path, 429)
+                return 429, {
+                    "content-type": "application/json",
+                    "retry-after": str(max(1, round(exc.retry_after))),
+                    REFUSED_HEADER: "login",
+                    "x-detail": f"Flowyard: too many failed logins from {client}; retry in "
+                    f"{max(1, round(exc.retry_after))} s.",
+                }
         if user is None:
             self._audit("-", method, decision.route, path, 401)
             # No WWW-Authenticate challenge, as Prefect itself answers: browsers keep no

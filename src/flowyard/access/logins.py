@@ -15,12 +15,29 @@ import binascii
 import hashlib
 import os
 import threading
+import time
+from collections import deque
 from pathlib import Path
 
 from flowyard.config.users import User, load_users, verify_key
 from flowyard.errors import FlowyardError
 
 MAX_REFUSED = 4096
+# Wrong keys for an existing name: each costs one argon2 verification. Past this many from one
+# client address within the window, its further unverified logins are refused at once
+# (`TooManyFailures`, 429) until the window moves on: guessing keys can neither go on nor keep
+# the CPU busy. Keys are 32 random bytes, so the limit guards the CPU, not the keys.
+FAILED_LIMIT = 10
+FAILED_WINDOW_S = 60.0
+MAX_CLIENTS = 10_000
+
+
+class TooManyFailures(Exception):
+    """A client address past FAILED_LIMIT wrong keys in FAILED_WINDOW_S."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"too many failed logins; retry in {retry_after:.0f} s")
+        self.retry_after = retry_after
 
 
 class Logins:
@@ -32,6 +49,8 @@ class Logins:
         # Logins that failed since the file last changed: a client retrying a wrong key (a
         # stale join file) costs one argon2 verification, not one per request.
         self._refused: set[bytes] = set()
+        # Client address -> times of its recent failed verifications.
+        self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
     def _refresh(self) -> None:
@@ -50,9 +69,10 @@ class Logins:
         self._users, self._verified, self._stamp = users, {}, stamp
         self._refused = set()
 
-    def check(self, login: str, verify: bool = True) -> User | None:
+    def check(self, login: str, verify: bool = True, client: str = "-") -> User | None:
         """The user a `NAME:KEY` login belongs to; None when it is no valid login (or, with
-        `verify=False`, when it was not verified since the file last changed)."""
+        `verify=False`, when it was not verified since the file last changed). Raises
+        `TooManyFailures` instead of verifying for a `client` past its failed logins."""
         digest = hashlib.sha256(login.encode()).digest()
         with self._lock:
             self._refresh()
@@ -67,8 +87,14 @@ class Logins:
             stamp = self._stamp
         if not verify:
             return None
-        if not sep or user is None or user.expired() or not verify_key(user, key):
+        # Only a wrong key for an existing name costs a verification (and counts).
+        costly = sep and user is not None and not user.expired()
+        if costly:
+            self._check_failures(client)
+        if user is None or not costly or not verify_key(user, key):
             with self._lock:
+                if costly:
+                    self._failures.setdefault(client, deque()).append(time.monotonic())
                 if len(self._refused) >= MAX_REFUSED:
                     self._refused.clear()
                 # Only if the file did not change meanwhile (the user may exist now).
@@ -81,13 +107,30 @@ class Logins:
                 self._verified[digest] = user
         return user
 
+    def _check_failures(self, client: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._failures) > MAX_CLIENTS:
+                self._failures.clear()
+            times = self._failures.get(client)
+            if times is None:
+                return
+            while times and times[0] <= now - FAILED_WINDOW_S:
+                times.popleft()
+            if not times:
+                del self._failures[client]
+            elif len(times) >= FAILED_LIMIT:
+                raise TooManyFailures(times[0] + FAILED_WINDOW_S - now)
+
     def current(self, user: User) -> bool:
         """Whether `user` still exists with the same key and role (revocation checks)."""
         with self._lock:
             self._refresh()
             return self._users.get(user.name) == user and not user.expired()
 
-    def check_basic(self, header: str | None, verify: bool = True) -> User | None:
+    def check_basic(
+        self, header: str | None, verify: bool = True, client: str = "-"
+    ) -> User | None:
         """The user of an `Authorization: Basic ...` header."""
         if not header or header[:6].lower() != "basic ":
             return None
@@ -95,4 +138,4 @@ class Logins:
             login = base64.b64decode(header[6:].strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             return None
-        return self.check(login, verify)
+        return self.check(login, verify, client)
