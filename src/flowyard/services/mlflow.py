@@ -349,3 +349,99 @@ def service(ctx: Context) -> Service:
         prepare=lambda: prepare(ctx),
         bootstrap=lambda: bootstrap(ctx),
     )
+
+
+# A Flowyard user's MLflow login (`platform.identities`), by role. MLflow's permissions are
+# per experiment, over `default_permission = READ`: a viewer needs no grant; an operator is
+# granted EDIT on every experiment there is when the login is made (experiments made later
+# stay READ for them unless granted); an admin is MLflow's admin. Any MLflow user may create
+# an experiment and then MANAGEs it (MLflow has no role that forbids it). Workers keep the
+# shared `flows` login: an experiment one worker's run creates must stay writable by runs
+# on the others, and MLflow has no group to grant it to.
+ROLE_GRANT = {"viewer": None, "operator": "EDIT", "admin": None}
+
+
+def _not_running(ctx: Context, what: str, exc: Exception | None = None) -> FlowyardError:
+    return FlowyardError(
+        f"MLflow does not answer at {local_url(ctx)} ({exc or 'not running'}): {what} "
+        "needs the running server (MLflow keeps its logins in its own store).",
+        fix="Start the platform (`flowyard up`), then run the command again; nothing was changed.",
+    )
+
+
+def _api(ctx: Context, method: str, path: str, what: str, **kwargs: object) -> httpx.Response:
+    try:
+        with local_http(socket(ctx), timeout=30) as client:
+            return client.request(
+                method,
+                f"{local_url(ctx)}/api/2.0/mlflow/{path}",
+                auth=admin_auth(ctx),
+                **kwargs,  # type: ignore[arg-type]
+            )
+    except (httpx.HTTPError, OSError) as exc:
+        raise _not_running(ctx, what, exc) from exc
+
+
+def _refused(what: str, r: httpx.Response) -> FlowyardError:
+    return FlowyardError(
+        f"MLflow refused to {what}: {r.status_code} {r.text[:500]}",
+        fix="Check `flowyard logs mlflow`.",
+    )
+
+
+def check_running(ctx: Context, what: str) -> None:
+    """Raise the clear error before anything is changed when the server is down."""
+    r = _api(ctx, "GET", "experiments/search", what, params={"max_results": 1})
+    if not r.is_success:
+        raise _refused(what, r)
+
+
+def create_user(ctx: Context, name: str, password: str, role: str) -> None:
+    """An MLflow login `name` with `role`'s permissions (`ROLE_GRANT`); deleted again when a
+    step fails, so nothing is left half-made."""
+    what = f"create the MLflow login {name!r}"
+    r = _api(ctx, "POST", "users/create", what, json={"username": name, "password": password})
+    if not r.is_success:
+        raise _refused(what, r)
+    try:
+        if role == "admin":
+            body = {"username": name, "is_admin": True}
+            r = _api(ctx, "PATCH", "users/update-admin", what, json=body)
+            if not r.is_success:
+                raise _refused(what, r)
+        grant = ROLE_GRANT.get(role)
+        if grant:
+            for experiment in _experiment_ids(ctx, what):
+                body = {"experiment_id": experiment, "username": name, "permission": grant}
+                r = _api(ctx, "POST", "experiments/permissions/create", what, json=body)
+                if not r.is_success:
+                    raise _refused(what, r)
+    except BaseException:
+        delete_user(ctx, name, missing_ok=True)
+        raise
+
+
+def _experiment_ids(ctx: Context, what: str) -> list[str]:
+    ids: list[str] = []
+    token = None
+    while True:
+        params: dict[str, str | int] = {"max_results": 1000, "view_type": "ALL"}
+        if token:
+            params["page_token"] = token
+        r = _api(ctx, "GET", "experiments/search", what, params=params)
+        if not r.is_success:
+            raise _refused(what, r)
+        body = r.json()
+        ids += [e["experiment_id"] for e in body.get("experiments", [])]
+        token = body.get("next_page_token")
+        if not token:
+            return ids
+
+
+def delete_user(ctx: Context, name: str, missing_ok: bool = False) -> None:
+    """Delete the login and its grants; the server drops its cached logins for it at once."""
+    what = f"delete the MLflow login {name!r}"
+    r = _api(ctx, "DELETE", "users/delete", what, json={"username": name})
+    if r.is_success or (missing_ok and r.status_code == 404):
+        return
+    raise _refused(what, r)
