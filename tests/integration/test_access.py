@@ -3,8 +3,8 @@ Prefect's OpenAPI through Caddy and the gate, a joined worker with its own `work
 and S3 keys, revocation over HTTP and an open websocket, the audit log, and every user's
 own S3 keys and MLflow login by role (revoked within 5 s, rolled back on failure).
 
-One platform for the module, the local worker off (the joined worker serves the pool), with
-the `extra` test project deployed to it.
+One platform for the module, the local worker off (the joined worker serves the pool), MLflow
+on, with the `extra` test project deployed to it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,10 @@ ROLES = ("viewer", "operator", "worker")
 
 @pytest.fixture(scope="module")
 def yard(homes: Callable[[str], Path]) -> Iterator[Context]:
-    with running_platform(homes("access"), worker={"enabled": False}) as ctx:
+    # MLflow on: every person gets an MLflow login of their own.
+    with running_platform(
+        homes("access"), worker={"enabled": False}, mlflow={"enabled": True}
+    ) as ctx:
         yield ctx
 
 

@@ -65,6 +65,24 @@ def test_identity_file_follows_users_toml(tmp_path: Path) -> None:
     assert by_name["flowyard"]["actions"] == seaweedfs.ADMIN_ACTIONS
 
 
+def test_a_revoked_identity_is_overwritten_not_left_out(tmp_path: Path) -> None:
+    """weed 4.48 keeps an identity that is only missing from the file it re-reads on SIGHUP
+    (measured: the key still worked), so a revoked one is replaced by a key no one holds."""
+    ctx = platform(tmp_path)
+    keys = new_s3_keys()
+    vera = User("vera", "viewer", "h", "t", s3_access_key=keys[0], s3_secret_key=keys[1])
+    rendered = seaweedfs.render_s3_config(ctx, [], revoked=[vera])
+    assert keys[0] not in rendered and keys[1] not in rendered
+    placeholder = {i["name"]: i for i in json.loads(rendered)["identities"]}["user-vera"]
+    assert placeholder["actions"] == [] and len(placeholder["credentials"]) == 1
+    # Two renders never share the placeholder's key (it is stored nowhere).
+    again = seaweedfs.render_s3_config(ctx, [], revoked=[vera])
+    assert json.loads(again)["identities"][-1]["credentials"] != placeholder["credentials"]
+    # A user that is there is never replaced by a placeholder.
+    kept = json.loads(seaweedfs.render_s3_config(ctx, [vera], revoked=[vera]))["identities"]
+    assert [i["credentials"][0]["accessKey"] for i in kept if i["name"] == "user-vera"] == [keys[0]]
+
+
 def test_users_toml_keeps_s3_keys_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "users.toml"
     user = User("ci", "operator", "h", "t", s3_access_key="AK", s3_secret_key="SK", mlflow=True)

@@ -93,7 +93,7 @@ def add(ctx: Context, name: str, role: str) -> Minted:
         except BaseException:
             # Nothing half-made: back to the users and identities there were.
             users_file.save_users(path, before)
-            _quietly(lambda: apply_s3(ctx, before))
+            _quietly(lambda: apply_s3(ctx, before, revoked=[user]))
             if with_mlflow:
                 _quietly(lambda: mlflow.delete_user(ctx, name, missing_ok=True))
             raise
@@ -123,23 +123,27 @@ def remove(ctx: Context, name: str) -> User:
             mlflow.check_running(ctx, f"remove the MLflow login {name!r}")
         after = {n: u for n, u in before.items() if n != name}
         users_file.save_users(path, after)  # the Prefect login: refused on the next request
-        apply_s3(ctx, after, wait_for=(user, False))
+        apply_s3(ctx, after, revoked=[user], wait_for=(user, False))
         if user.mlflow:
             mlflow.delete_user(ctx, name, missing_ok=True)
     return user
 
 
 def apply_s3(
-    ctx: Context, users: dict[str, User], wait_for: tuple[User, bool] | None = None
+    ctx: Context,
+    users: dict[str, User],
+    revoked: list[User] | None = None,
+    wait_for: tuple[User, bool] | None = None,
 ) -> None:
     """Make the running S3 gateway hold exactly `users`' identities (plus the platform's).
 
     When weed is not running nothing is written: `flowyard up` renders the file from
     users.toml before it starts weed. `wait_for` = (user, present): wait until that user's
-    key is accepted (present) or refused."""
+    key is accepted (present) or refused. `revoked` users are overwritten with a key no one
+    holds (`seaweedfs.render_s3_config`)."""
     if not owns_s3(ctx) or not _weed_running(ctx):
         return
-    seaweedfs.write_s3_config(ctx, users.values())
+    seaweedfs.write_s3_config(ctx, users.values(), revoked or [])
     try:
         Supervisor(ctx.paths).signal_process(seaweedfs.NAME, "HUP")
     except (OSError, RpcError) as exc:

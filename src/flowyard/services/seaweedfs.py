@@ -28,6 +28,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import secrets
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
@@ -102,12 +103,15 @@ def user_identity(user: User) -> str:
     return f"user-{user.name}"
 
 
-def render_s3_config(ctx: Context, users: Iterable[User] = ()) -> str:
+def render_s3_config(ctx: Context, users: Iterable[User] = (), revoked: Iterable[User] = ()) -> str:
     """The identities that may use S3; a missing or broken file makes weed refuse to start.
 
     `flowyard` is the platform's own (bootstrap, deploys, backups, MLflow's server): Admin.
     `flows` is what workers, and so flow runs, hold: `flows_actions` and nothing more.
-    Then one per user with S3 keys (users.toml), with `role_actions` of its role.
+    Then one per user with S3 keys (users.toml), with `role_actions` of its role, and a
+    placeholder for each `revoked` one: weed 4.48 keeps an identity that is only left out
+    of the file when it re-reads it (SIGHUP), but replaces one that is there, so a revoked
+    identity is overwritten with a random key no one ever holds and no actions.
     """
     people = [
         {
@@ -117,6 +121,21 @@ def render_s3_config(ctx: Context, users: Iterable[User] = ()) -> str:
         }
         for u in sorted(users, key=lambda u: u.name)
         if u.s3_access_key
+    ]
+    kept = {i["name"] for i in people}
+    people += [
+        {
+            "name": user_identity(u),
+            "credentials": [
+                {
+                    "accessKey": "REVOKED" + secrets.token_hex(8).upper(),
+                    "secretKey": secrets.token_urlsafe(30),
+                }
+            ],
+            "actions": [],
+        }
+        for u in revoked
+        if user_identity(u) not in kept
     ]
     return json.dumps(
         {
@@ -147,9 +166,9 @@ def render_s3_config(ctx: Context, users: Iterable[User] = ()) -> str:
     )
 
 
-def write_s3_config(ctx: Context, users: Iterable[User]) -> None:
+def write_s3_config(ctx: Context, users: Iterable[User], revoked: Iterable[User] = ()) -> None:
     """Owner-only, atomically: weed must never read half a file on SIGHUP."""
-    write_private(Path(s3_config_path(ctx)), render_s3_config(ctx, users))
+    write_private(Path(s3_config_path(ctx)), render_s3_config(ctx, users, revoked))
 
 
 def local_socket(ctx: Context, name: str) -> str:
