@@ -376,15 +376,25 @@ def test_mlflow_logins_by_role_and_revocation(yard: Context, tmp_path: Path) -> 
         assert o.post("/users/create", json={"username": "x", "password": "y"}).status_code == 403
     with mlflow_api(yard, (admin["mlflow_username"], admin["mlflow_password"])) as a:
         assert a.get("/users/get", params={"username": "ml-viewer"}).status_code == 200
-    # A worker logs runs with the flows' login its join file carries.
+    # EDIT is a grant on every experiment, those made after the login included.
+    with mlflow_api(yard, platform_admin) as root:
+        later = root.post("/experiments/create", json={"name": f"later-{uuid.uuid4().hex[:8]}"})
+        assert later.status_code == 200, later.text
+    later_run = {"experiment_id": later.json()["experiment_id"], "start_time": 0}
+    with mlflow_api(yard, (operator["mlflow_username"], operator["mlflow_password"])) as o:
+        assert o.post("/runs/create", json=later_run).status_code == 200
+    # A joined worker has its own MLflow login, EDIT like an operator's.
     join = tmp_path / "w.toml"
     cli_ok(flowyard_cli(yard, "worker", "join-file", "--name", "ml-worker", "--out", str(join)))
     joined = tomllib.loads(join.read_text())
-    with mlflow_api(yard, (joined["mlflow_user"], joined["mlflow_password"])) as w:
-        mine = w.post("/experiments/create", json={"name": f"w-{uuid.uuid4().hex[:8]}"})
-        assert mine.status_code == 200, mine.text
-        own = {"experiment_id": mine.json()["experiment_id"], "start_time": 0}
-        assert w.post("/runs/create", json=own).status_code == 200
+    worker = (joined["mlflow_user"], joined["mlflow_password"])
+    assert worker[0] == "ml-worker"
+    with mlflow_api(yard, worker) as w:
+        assert w.post("/runs/create", json=later_run).status_code == 200
+        assert w.post("/users/create", json={"username": "x", "password": "y"}).status_code == 403
+    cli_ok(flowyard_cli(yard, "worker", "remove", "ml-worker"))
+    with mlflow_api(yard, worker) as w:
+        assert w.post("/runs/create", json=later_run).status_code == 401
     # Revoked: the MLflow login is refused at once.
     for name in ("ml-viewer", "ml-operator", "ml-admin"):
         cli_ok(flowyard_cli(yard, "user", "remove", name))

@@ -41,11 +41,17 @@ def join_file(
     ),
     home: Path | None = HomeOption,
 ) -> None:
-    """Write the file a remote worker joins with (URL, CA, its own login and S3 keys, pool)."""
+    """Write the file a remote worker joins with (URL, CA, its own logins and keys, pool)."""
     ctx = load_context(resolve_home(home))
     info = join_info(ctx, pool or ctx.config.worker.pool)
     # The worker's own login with the `worker` role (never the admin's): revocable alone.
     login_name = name or f"worker-{info.pool}-{secrets.token_hex(3)}".lower()
+    if not out.parent.is_dir():
+        # Checked before anything is minted (the write itself is checked again below).
+        raise FlowyardError(
+            f"Cannot write the join file {out}: no directory {out.parent}.",
+            fix="Give --out a path in an existing, writable directory.",
+        )
     users_existed = ctx.paths.users_file.exists()
     minted = identities.add(ctx, login_name, "worker")
     info.auth_string = minted.prefect_auth_string
@@ -53,6 +59,10 @@ def join_file(
         # Its own S3 identity (role worker, the flows' actions) instead of the shared one.
         info.s3_access_key = minted.user.s3_access_key
         info.s3_secret_key = minted.user.s3_secret_key
+    if minted.mlflow_password is not None:
+        # Its own MLflow login (EDIT on every experiment) instead of the shared `flows` one.
+        info.mlflow_user = login_name
+        info.mlflow_password = minted.mlflow_password
     try:
         info.write(out)
     except OSError as exc:
@@ -80,7 +90,7 @@ def remove(
     name: str = typer.Argument(..., help="The worker's login name (from `join-file`)."),
     home: Path | None = HomeOption,
 ) -> None:
-    """Revoke a joined worker's login and S3 keys: refused within seconds, websockets closed."""
+    """Revoke a joined worker's login, S3 keys and MLflow login: refused within seconds."""
     ctx = load_context(resolve_home(home))
     users = load_users(ctx.paths.users_file)
     if name in users and users[name].role != "worker":

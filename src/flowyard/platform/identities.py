@@ -8,13 +8,13 @@ users.toml. `add` mints all of a user's credentials at once (shown once by the C
 - S3: SeaweedFS's identity file is rendered from users.toml and weed re-reads it on SIGHUP,
   without a restart; we wait until the new key is accepted (or the removed one refused).
 - MLflow: a login of the same name, made and deleted through its auth API by its admin
-  (`services.mlflow.create_user`); joined workers keep the shared `flows` login.
+  (`services.mlflow.create_user`).
 
 All under users.toml's writer lock, so concurrent commands never render a stale identity
 file. A failing step undoes the earlier ones: users.toml, S3 and MLflow stay consistent.
 When the platform is down, S3 keys take effect at the next `flowyard up` (which renders the
-identity file from users.toml), but a user that needs an MLflow login is refused up front,
-before anything is written (MLflow keeps its logins in its own store).
+identity file from users.toml), but with MLflow on, a user (who gets an MLflow login) is
+refused up front, before anything is written (MLflow keeps its logins in its own store).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from flowyard.config import users as users_file
 from flowyard.config.context import Context
-from flowyard.config.users import PERSON_ROLES, ROLES, User
+from flowyard.config.users import ROLES, User
 from flowyard.errors import FlowyardError
 from flowyard.platform.supervisor import Supervisor
 from flowyard.services import mlflow, seaweedfs
@@ -48,7 +48,7 @@ class Minted:
 
 
 def wants_mlflow(ctx: Context, role: str) -> bool:
-    return ctx.config.mlflow.enabled and role in PERSON_ROLES
+    return ctx.config.mlflow.enabled and role in ROLES
 
 
 def owns_s3(ctx: Context) -> bool:

@@ -352,13 +352,12 @@ def service(ctx: Context) -> Service:
 
 
 # A Flowyard user's MLflow login (`platform.identities`), by role. MLflow's permissions are
-# per experiment, over `default_permission = READ`: a viewer needs no grant; an operator is
-# granted EDIT on every experiment there is when the login is made (experiments made later
-# stay READ for them unless granted); an admin is MLflow's admin. Any MLflow user may create
-# an experiment and then MANAGEs it (MLflow has no role that forbids it). Workers keep the
-# shared `flows` login: an experiment one worker's run creates must stay writable by runs
-# on the others, and MLflow has no group to grant it to.
-ROLE_GRANT = {"viewer": None, "operator": "EDIT", "admin": None}
+# per experiment, over `default_permission = READ`: a viewer needs no grant; an operator and a
+# worker are granted EDIT on the wildcard experiment pattern "*" (MLflow 3's role grants), so
+# on every experiment, those made later included: an experiment one worker's run creates
+# stays writable by runs on the others. An admin is MLflow's admin. Any MLflow user may also
+# create an experiment and then MANAGEs it (MLflow has no permission that forbids it).
+ROLE_GRANT = {"viewer": None, "operator": "EDIT", "worker": "EDIT", "admin": None}
 
 
 def _not_running(ctx: Context, what: str, exc: Exception | None = None) -> FlowyardError:
@@ -369,12 +368,14 @@ def _not_running(ctx: Context, what: str, exc: Exception | None = None) -> Flowy
     )
 
 
-def _api(ctx: Context, method: str, path: str, what: str, **kwargs: object) -> httpx.Response:
+def _api(
+    ctx: Context, method: str, path: str, what: str, version: str = "2.0", **kwargs: object
+) -> httpx.Response:
     try:
         with local_http(socket(ctx), timeout=30) as client:
             return client.request(
                 method,
-                f"{local_url(ctx)}/api/2.0/mlflow/{path}",
+                f"{local_url(ctx)}/api/{version}/mlflow/{path}",
                 auth=admin_auth(ctx),
                 **kwargs,  # type: ignore[arg-type]
             )
@@ -411,31 +412,18 @@ def create_user(ctx: Context, name: str, password: str, role: str) -> None:
                 raise _refused(what, r)
         grant = ROLE_GRANT.get(role)
         if grant:
-            for experiment in _experiment_ids(ctx, what):
-                body = {"experiment_id": experiment, "username": name, "permission": grant}
-                r = _api(ctx, "POST", "experiments/permissions/create", what, json=body)
-                if not r.is_success:
-                    raise _refused(what, r)
+            body = {
+                "username": name,
+                "resource_type": "experiment",
+                "resource_id": "*",
+                "permission": grant,
+            }
+            r = _api(ctx, "POST", "users/permissions/grant", what, version="3.0", json=body)
+            if not r.is_success:
+                raise _refused(what, r)
     except BaseException:
         delete_user(ctx, name, missing_ok=True)
         raise
-
-
-def _experiment_ids(ctx: Context, what: str) -> list[str]:
-    ids: list[str] = []
-    token = None
-    while True:
-        params: dict[str, str | int] = {"max_results": 1000, "view_type": "ALL"}
-        if token:
-            params["page_token"] = token
-        r = _api(ctx, "GET", "experiments/search", what, params=params)
-        if not r.is_success:
-            raise _refused(what, r)
-        body = r.json()
-        ids += [e["experiment_id"] for e in body.get("experiments", [])]
-        token = body.get("next_page_token")
-        if not token:
-            return ids
 
 
 def delete_user(ctx: Context, name: str, missing_ok: bool = False) -> None:
