@@ -136,3 +136,10 @@ def test_an_external_store_gets_no_per_user_keys(tmp_path: Path) -> None:
     )
     minted = identities.add(ctx, "vera", "viewer")
     assert minted.user.s3_access_key == "" and minted.user.identities() == ["prefect"]
+
+
+def test_a_user_with_an_mlflow_login_is_removed_after_mlflow_is_turned_off(tmp_path: Path) -> None:
+    ctx = platform(tmp_path, mlflow={"enabled": False})
+    save_users(ctx.paths.users_file, {"ml": User("ml", "viewer", "h", "t", mlflow=True)})
+    assert identities.remove(ctx, "ml").mlflow
+    assert "ml" not in load_users(ctx.paths.users_file)

@@ -118,13 +118,15 @@ def remove(ctx: Context, name: str) -> User:
                 f"No user {name!r}.", fix="`flowyard user list` shows the users there are."
             )
         user = before[name]
-        if user.mlflow:
+        # With MLflow turned off since, its login stays in MLflow's (unserved) store.
+        with_mlflow = user.mlflow and ctx.config.mlflow.enabled
+        if with_mlflow:
             # Refused up front, before anything changes, when MLflow is down.
             mlflow.check_running(ctx, f"remove the MLflow login {name!r}")
         after = {n: u for n, u in before.items() if n != name}
         users_file.save_users(path, after)  # the Prefect login: refused on the next request
         apply_s3(ctx, after, revoked=[user], wait_for=(user, False))
-        if user.mlflow:
+        if with_mlflow:
             mlflow.delete_user(ctx, name, missing_ok=True)
     return user
 
