@@ -1,9 +1,10 @@
 """Team access on the real platform (docs/access.md): every role against every route of
-Prefect's OpenAPI through Caddy and the gate, a joined worker with its own `worker` login,
-revocation over HTTP and an open websocket, and the audit log.
+Prefect's OpenAPI through Caddy and the gate, a joined worker with its own `worker` login
+and S3 keys, revocation over HTTP and an open websocket, the audit log, and every user's
+own S3 keys and MLflow login by role (revoked within 5 s, rolled back on failure).
 
-One platform for the module, the local worker off (the joined worker serves the pool), with
-the `extra` test project deployed to it.
+One platform for the module, the local worker off (the joined worker serves the pool), MLflow
+on, with the `extra` test project deployed to it.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
@@ -30,6 +34,7 @@ from flowyard.access import matrix
 from flowyard.access.gate import REFUSED_HEADER
 from flowyard.client.api import auth_header
 from flowyard.config.context import Context
+from flowyard.services import seaweedfs
 from flowyard.services.caddy import tls_verify
 from flowyard.testing import running_platform
 from tests.integration.conftest import flowyard_cli
@@ -45,7 +50,10 @@ ROLES = ("viewer", "operator", "worker")
 
 @pytest.fixture(scope="module")
 def yard(homes: Callable[[str], Path]) -> Iterator[Context]:
-    with running_platform(homes("access"), worker={"enabled": False}) as ctx:
+    # MLflow on: every person gets an MLflow login of their own.
+    with running_platform(
+        homes("access"), worker={"enabled": False}, mlflow={"enabled": True}
+    ) as ctx:
         yield ctx
 
 
@@ -135,6 +143,15 @@ def test_joined_worker_runs_a_flow_and_cannot_delete_a_deployment(
     assert made.returncode == 0, made.stderr
     assert "joined:" in join.read_text()
     assert yard.secrets.prefect_auth_string.get_secret_value() not in join.read_text()
+    # Its own S3 keys (role worker), not the flows' shared ones: the run below fetches its
+    # code and writes its result with them.
+    joined = tomllib.loads(join.read_text())
+    keys = (joined["s3_access_key"], joined["s3_secret_key"])
+    assert keys[0] != yard.secrets.get("s3_flows_access_key")
+    assert keys[1] not in (
+        yard.secrets.get("s3_flows_secret_key"),
+        yard.secrets.get("s3_secret_key"),
+    )
     home = tmp_path / "worker-home"
     home.mkdir()
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8"}
@@ -178,6 +195,8 @@ def test_joined_worker_runs_a_flow_and_cannot_delete_a_deployment(
             while w.post("/flow_runs/filter", json={}).status_code != 401:
                 assert time.monotonic() - t0 < 5, "removed worker still allowed after 5 s"
                 time.sleep(0.2)
+        # And its S3 keys (the command returns once weed refuses them).
+        assert s3_refused(s3(yard, keys), yard.config.object_store.code_bucket)
     finally:
         stop_joined_worker(worker)
 
@@ -254,3 +273,141 @@ def test_mutations_and_refusals_are_in_the_audit_log(yard: Context, logins: dict
 def _matches(wanted: tuple[Any, ...], seen: tuple[Any, ...]) -> bool:
     # None in `wanted` is "any object id".
     return all(w is None or w == s for w, s in zip(wanted, seen, strict=True))
+
+
+def s3(ctx: Context, keys: tuple[str, str]) -> Any:
+    """An S3 client through the proxy's S3 port, as a person's or a worker's machine has."""
+    return boto3.client(
+        "s3",
+        endpoint_url=ctx.config.proxy.s3_url,
+        aws_access_key_id=keys[0],
+        aws_secret_access_key=keys[1],
+        region_name=ctx.config.object_store.region,
+        verify=str(ctx.paths.ca_cert),
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+
+
+def s3_refused(client: Any, bucket: str) -> bool:
+    try:
+        client.list_objects_v2(Bucket=bucket)
+    except ClientError as exc:
+        return exc.response["Error"]["Code"] in ("InvalidAccessKeyId", "AccessDenied")
+    return False
+
+
+def add_person(ctx: Context, name: str, role: str) -> dict[str, str]:
+    made = flowyard_cli(ctx, "user", "add", name, "--role", role, "--json")
+    assert made.returncode == 0, made.stderr
+    out: dict[str, str] = json.loads(made.stdout)
+    assert out["mlflow_username"] == name and out["s3_access_key_id"]
+    return out
+
+
+def test_s3_keys_by_role_and_revocation(yard: Context) -> None:
+    results = yard.config.object_store.results_bucket
+    viewer = add_person(yard, "s3-viewer", "viewer")
+    admin = add_person(yard, "s3-admin", "admin")
+    listed = flowyard_cli(yard, "user", "list", "--json")
+    rows = {r["name"]: r for r in json.loads(cli_ok(listed))}
+    assert rows["s3-viewer"]["identities"] == ["prefect", "s3", "mlflow"]
+    # The keys are in weed's identity file (owner-only), under the user's own identity.
+    config = json.loads(Path(seaweedfs.s3_config_path(yard)).read_text())
+    assert "user-s3-viewer" in {i["name"] for i in config["identities"]}
+    as_admin = s3(yard, (admin["s3_access_key_id"], admin["s3_secret_access_key"]))
+    as_viewer = s3(yard, (viewer["s3_access_key_id"], viewer["s3_secret_access_key"]))
+    as_admin.put_object(Bucket=results, Key="identities/shared.txt", Body=b"by the admin")
+    # A viewer lists and reads, and is refused a write.
+    keys = [o["Key"] for o in as_viewer.list_objects_v2(Bucket=results)["Contents"]]
+    assert "identities/shared.txt" in keys
+    body = as_viewer.get_object(Bucket=results, Key="identities/shared.txt")["Body"].read()
+    assert body == b"by the admin"
+    with pytest.raises(ClientError) as refused:
+        as_viewer.put_object(Bucket=results, Key="identities/nope.txt", Body=b"x")
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    # Revoked: refused within 5 s of `user remove`, while other clients keep working
+    # (weed re-reads its identities on SIGHUP, no restart).
+    removed = flowyard_cli(yard, "user", "remove", "s3-viewer")
+    assert removed.returncode == 0, removed.stderr
+    t0 = time.monotonic()
+    while not s3_refused(as_viewer, results):
+        assert time.monotonic() - t0 < 5, "removed user's S3 keys still work after 5 s"
+        time.sleep(0.1)
+    assert as_admin.get_object(Bucket=results, Key="identities/shared.txt")["Body"].read()
+    assert cli_ok(flowyard_cli(yard, "user", "remove", "s3-admin"))
+    assert s3_refused(as_admin, results)
+
+
+def mlflow_api(ctx: Context, login: tuple[str, str]) -> httpx.Client:
+    return httpx.Client(
+        base_url=f"{ctx.config.proxy.url}/mlflow/api/2.0/mlflow",
+        auth=login,
+        verify=tls_verify(ctx),
+        timeout=60,
+    )
+
+
+def test_mlflow_logins_by_role_and_revocation(yard: Context, tmp_path: Path) -> None:
+    platform_admin = ("admin", yard.secrets.get("mlflow_admin_password"))
+    with mlflow_api(yard, platform_admin) as root:
+        made = root.post("/experiments/create", json={"name": f"team-{uuid.uuid4().hex[:8]}"})
+        assert made.status_code == 200, made.text
+        experiment = made.json()["experiment_id"]
+    viewer = add_person(yard, "ml-viewer", "viewer")
+    operator = add_person(yard, "ml-operator", "operator")
+    admin = add_person(yard, "ml-admin", "admin")
+    run = {"experiment_id": experiment, "start_time": int(time.time() * 1000)}
+    with mlflow_api(yard, (viewer["mlflow_username"], viewer["mlflow_password"])) as v:
+        got = v.get("/experiments/get", params={"experiment_id": experiment})
+        assert got.status_code == 200, got.text
+        assert v.post("/runs/create", json=run).status_code == 403
+    with mlflow_api(yard, (operator["mlflow_username"], operator["mlflow_password"])) as o:
+        created = o.post("/runs/create", json=run)
+        assert created.status_code == 200, created.text
+        run_id = created.json()["run"]["info"]["run_id"]
+        metric = {"run_id": run_id, "key": "loss", "value": 0.5, "timestamp": 0, "step": 0}
+        assert o.post("/runs/log-metric", json=metric).status_code == 200
+        # An operator is no MLflow admin: it cannot make logins.
+        assert o.post("/users/create", json={"username": "x", "password": "y"}).status_code == 403
+    with mlflow_api(yard, (admin["mlflow_username"], admin["mlflow_password"])) as a:
+        assert a.get("/users/get", params={"username": "ml-viewer"}).status_code == 200
+    # EDIT is a grant on every experiment, those made after the login included.
+    with mlflow_api(yard, platform_admin) as root:
+        later = root.post("/experiments/create", json={"name": f"later-{uuid.uuid4().hex[:8]}"})
+        assert later.status_code == 200, later.text
+    later_run = {"experiment_id": later.json()["experiment_id"], "start_time": 0}
+    with mlflow_api(yard, (operator["mlflow_username"], operator["mlflow_password"])) as o:
+        assert o.post("/runs/create", json=later_run).status_code == 200
+    # A joined worker has its own MLflow login, EDIT like an operator's.
+    join = tmp_path / "w.toml"
+    cli_ok(flowyard_cli(yard, "worker", "join-file", "--name", "ml-worker", "--out", str(join)))
+    joined = tomllib.loads(join.read_text())
+    worker = (joined["mlflow_user"], joined["mlflow_password"])
+    assert worker[0] == "ml-worker"
+    with mlflow_api(yard, worker) as w:
+        assert w.post("/runs/create", json=later_run).status_code == 200
+        assert w.post("/users/create", json={"username": "x", "password": "y"}).status_code == 403
+    cli_ok(flowyard_cli(yard, "worker", "remove", "ml-worker"))
+    with mlflow_api(yard, worker) as w:
+        assert w.post("/runs/create", json=later_run).status_code == 401
+    # Revoked: the MLflow login is refused at once.
+    for name in ("ml-viewer", "ml-operator", "ml-admin"):
+        cli_ok(flowyard_cli(yard, "user", "remove", name))
+    t0 = time.monotonic()
+    with mlflow_api(yard, (viewer["mlflow_username"], viewer["mlflow_password"])) as v:
+        while v.get("/experiments/get", params={"experiment_id": experiment}).status_code != 401:
+            assert time.monotonic() - t0 < 5, "removed user's MLflow login works after 5 s"
+            time.sleep(0.2)
+    with mlflow_api(yard, platform_admin) as root:
+        assert root.get("/users/get", params={"username": "ml-operator"}).status_code == 404
+
+
+def test_a_failed_join_file_leaves_no_identity(yard: Context, tmp_path: Path) -> None:
+    """The join file cannot be written: the worker's login and S3 keys are rolled back."""
+    before = yard.paths.users_file.read_bytes()
+    out = tmp_path / "missing" / "j.toml"
+    failed = flowyard_cli(yard, "worker", "join-file", "--name", "half", "--out", str(out))
+    assert failed.returncode == 1 and "j.toml" in failed.stderr, failed.stderr
+    assert yard.paths.users_file.read_bytes() == before
+    config = json.loads(Path(seaweedfs.s3_config_path(yard)).read_text())
+    assert "user-half" not in {i["name"] for i in config["identities"]}

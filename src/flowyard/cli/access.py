@@ -5,16 +5,19 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from flowyard.cli._common import HomeOption, console, handle_errors, print_json, resolve_home
+from flowyard.client.profile import MLFLOW_PREFIX
 from flowyard.config.context import load_context
-from flowyard.config.users import PERSON_ROLES, add_user, ensure_users_file, remove_user
+from flowyard.config.users import PERSON_ROLES, ensure_users_file
 from flowyard.errors import FlowyardError
 from flowyard.files import write_private
 from flowyard.ops import access
+from flowyard.platform import identities
 
 app = typer.Typer(help="People's logins and roles.", no_args_is_help=True)
 
@@ -27,7 +30,7 @@ def add(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     home: Path | None = HomeOption,
 ) -> None:
-    """Create a login; its key is printed once and never stored in clear."""
+    """Create a person: Prefect login, S3 keys and MLflow login, printed once."""
     if role not in PERSON_ROLES:
         raise FlowyardError(
             f"Unknown role {role!r} for a person.",
@@ -35,15 +38,35 @@ def add(
             "`flowyard worker join-file`).",
         )
     ctx = load_context(resolve_home(home))
-    login = add_user(
-        ctx.paths.users_file, ctx.secrets.prefect_auth_string.get_secret_value(), name, role
-    )
+    minted = identities.add(ctx, name, role)
+    user, login = minted.user, minted.prefect_auth_string
+    out: dict[str, str] = {"name": name, "role": role, "prefect_auth_string": login}
+    if user.s3_access_key:
+        out |= {
+            "s3_endpoint_url": ctx.config.proxy.s3_url,
+            "s3_access_key_id": user.s3_access_key,
+            "s3_secret_access_key": user.s3_secret_key,
+        }
+    if minted.mlflow_password is not None:
+        out |= {
+            "mlflow_tracking_uri": f"{ctx.config.proxy.url}{MLFLOW_PREFIX}",
+            "mlflow_username": name,
+            "mlflow_password": minted.mlflow_password,
+        }
     if as_json:
-        print_json({"name": name, "role": role, "prefect_auth_string": login})
+        print_json(out)
         return
-    console.print(f"[green]Added[/] {name} ({role}). Their login, shown this once:")
+    console.print(f"[green]Added[/] {name} ({role}). Their credentials, shown this once:")
     console.print(f"  PREFECT_API_AUTH_STRING={login}")
-    console.print(f"  UI: user and password are the two halves of {login.split(':')[0]}:<key>")
+    console.print(f"  UI: user and password are the two halves of {name}:<key>")
+    if user.s3_access_key:
+        console.print(f"  AWS_ENDPOINT_URL_S3={out['s3_endpoint_url']}")
+        console.print(f"  AWS_ACCESS_KEY_ID={user.s3_access_key}")
+        console.print(f"  AWS_SECRET_ACCESS_KEY={user.s3_secret_key}")
+    if minted.mlflow_password is not None:
+        console.print(f"  MLFLOW_TRACKING_URI={out['mlflow_tracking_uri']}")
+        console.print(f"  MLFLOW_TRACKING_USERNAME={name}")
+        console.print(f"  MLFLOW_TRACKING_PASSWORD={minted.mlflow_password}")
 
 
 @app.command("list")
@@ -52,24 +75,30 @@ def list_users(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     home: Path | None = HomeOption,
 ) -> None:
-    """Every login: name, role, created, and when it expires (SSO sessions)."""
+    """Every login: name, role, created, when it expires (SSO sessions), what it can log in to."""
     ctx = load_context(resolve_home(home))
     users = ensure_users_file(
         ctx.paths.users_file, ctx.secrets.prefect_auth_string.get_secret_value()
     )
     # SSO sessions (docs/access.md, "SSO") are listed too, with the time they end.
-    rows = [
-        {"name": u.name, "role": u.role, "created": u.created, "expires": u.expires or ""}
+    rows: list[dict[str, Any]] = [
+        {
+            "name": u.name,
+            "role": u.role,
+            "created": u.created,
+            "expires": u.expires or "",
+            "identities": u.identities(),
+        }
         for u in users.values()
     ]
     if as_json:
         print_json(rows)
         return
     table = Table()
-    for col in ("name", "role", "created", "expires"):
+    for col in ("name", "role", "created", "expires", "identities"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["role"], r["created"], r["expires"])
+        table.add_row(r["name"], r["role"], r["created"], r["expires"], ", ".join(r["identities"]))
     console.print(table)
 
 
@@ -94,12 +123,10 @@ def sso_secret(home: Path | None = HomeOption) -> None:
 @app.command("remove")
 @handle_errors
 def remove(name: str = typer.Argument(...), home: Path | None = HomeOption) -> None:
-    """Revoke a login: refused within seconds, open websockets closed too."""
+    """Revoke a user's Prefect login, S3 keys and MLflow login: refused within seconds."""
     ctx = load_context(resolve_home(home))
-    user = remove_user(
-        ctx.paths.users_file, ctx.secrets.prefect_auth_string.get_secret_value(), name
-    )
-    console.print(f"[green]Removed[/] {user.name} ({user.role}).")
+    user = identities.remove(ctx, name)
+    console.print(f"[green]Removed[/] {user.name} ({user.role}): {', '.join(user.identities())}.")
 
 
 def _since(value: str | None) -> datetime | None:

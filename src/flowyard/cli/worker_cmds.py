@@ -12,8 +12,9 @@ import typer
 from flowyard.cli._common import HomeOption, console, handle_errors, resolve_home
 from flowyard.client.joinfile import JoinInfo
 from flowyard.config.context import load_context
-from flowyard.config.users import add_user, load_users, remove_user
+from flowyard.config.users import load_users
 from flowyard.errors import FlowyardError
+from flowyard.platform import identities
 from flowyard.platform.join import (
     DASK_WORKER_PORT,
     check_connection,
@@ -40,19 +41,33 @@ def join_file(
     ),
     home: Path | None = HomeOption,
 ) -> None:
-    """Write the file a remote worker joins with (URL, CA, its own login, pool)."""
+    """Write the file a remote worker joins with (URL, CA, its own logins and keys, pool)."""
     ctx = load_context(resolve_home(home))
     info = join_info(ctx, pool or ctx.config.worker.pool)
     # The worker's own login with the `worker` role (never the admin's): revocable alone.
     login_name = name or f"worker-{info.pool}-{secrets.token_hex(3)}".lower()
-    admin = ctx.secrets.prefect_auth_string.get_secret_value()
+    if not out.parent.is_dir():
+        # Checked before anything is minted (the write itself is checked again below).
+        raise FlowyardError(
+            f"Cannot write the join file {out}: no directory {out.parent}.",
+            fix="Give --out a path in an existing, writable directory.",
+        )
     users_existed = ctx.paths.users_file.exists()
-    info.auth_string = add_user(ctx.paths.users_file, admin, login_name, "worker")
+    minted = identities.add(ctx, login_name, "worker")
+    info.auth_string = minted.prefect_auth_string
+    if minted.user.s3_access_key:
+        # Its own S3 identity (role worker, the flows' actions) instead of the shared one.
+        info.s3_access_key = minted.user.s3_access_key
+        info.s3_secret_key = minted.user.s3_secret_key
+    if minted.mlflow_password is not None:
+        # Its own MLflow login (EDIT on every experiment) instead of the shared `flows` one.
+        info.mlflow_user = login_name
+        info.mlflow_password = minted.mlflow_password
     try:
         info.write(out)
     except OSError as exc:
-        # Nothing half-made: the login goes again (and the users file, if this made it).
-        remove_user(ctx.paths.users_file, admin, login_name)
+        # Nothing half-made: the identities go again (and the users file, if this made it).
+        identities.remove(ctx, login_name)
         if not users_existed:
             ctx.paths.users_file.unlink()
         raise FlowyardError(
@@ -75,7 +90,7 @@ def remove(
     name: str = typer.Argument(..., help="The worker's login name (from `join-file`)."),
     home: Path | None = HomeOption,
 ) -> None:
-    """Revoke a joined worker's login: refused within seconds, its websockets closed."""
+    """Revoke a joined worker's login, S3 keys and MLflow login: refused within seconds."""
     ctx = load_context(resolve_home(home))
     users = load_users(ctx.paths.users_file)
     if name in users and users[name].role != "worker":
@@ -83,7 +98,7 @@ def remove(
             f"{name!r} is a person's login (role {users[name].role}), not a worker's.",
             fix=f"Use `flowyard user remove {name}`.",
         )
-    remove_user(ctx.paths.users_file, ctx.secrets.prefect_auth_string.get_secret_value(), name)
+    identities.remove(ctx, name)
     console.print(f"[green]Removed[/] the worker login {name}.")
 
 

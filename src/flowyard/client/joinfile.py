@@ -2,10 +2,11 @@
 
 It holds what that worker needs and nothing else: the public URLs, the CA certificate, the
 worker's own API login (role `worker`, minted by `flowyard worker join-file`, revoked by
-`flowyard worker remove`: docs/access.md), the flows' scoped S3 and MLflow credentials, the
-pool. It is written 0600; anyone holding it can run flows on the platform. A joined worker's
-environment is `client_env` of the profile the file describes, exactly as the server's own
-worker gets `client_env` of its worker profile (`ClientProfile.for_workers`).
+`flowyard worker remove`: docs/access.md), its own S3 keys (role `worker`: the flows' scoped
+actions) and MLflow login (EDIT on every experiment), all revoked together; the pool. It is
+written 0600; anyone holding it can run flows on the platform. A joined worker's environment is
+`client_env` of the profile the file describes, exactly as the server's own worker gets
+`client_env` of its worker profile (`ClientProfile.for_workers`).
 """
 
 from __future__ import annotations

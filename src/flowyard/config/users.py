@@ -5,6 +5,12 @@ that one as Prefect's internal credential, held only by the proxy, and gives eve
 worker a login of their own, checked by the access gate (`flowyard.access.gate`) in front of
 Prefect. A key is shown once, at `flowyard user add`; only its argon2id hash is stored.
 
+Each user may also hold S3 keys (SeaweedFS identities, `services.seaweedfs.role_actions`) and
+an MLflow login of the same name (`platform.identities`). S3 signatures (SigV4) need the
+secret key itself on the server, so the S3 keys are stored here in clear, in this owner-only
+file, which SeaweedFS's identity config is rendered from; MLflow keeps only its own hash of
+the MLflow password, so this file records only that the login exists.
+
 Migration: a home made before this file existed has one login, `prefect_auth_string` in
 secrets.toml (user `admin`). `ensure_users_file` makes it the first admin, so every existing
 profile, join file and browser keeps working unchanged.
@@ -37,7 +43,10 @@ ROLES: tuple[str, ...] = get_args(Role)
 # Roles `flowyard user add` hands out; `worker` is minted by `flowyard worker join-file`.
 PERSON_ROLES = ("viewer", "operator", "admin")
 NAME_RE = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
-HEADER = "# Flowyard logins: `flowyard user add|list|remove`. Keys are argon2id hashes. 0600.\n"
+HEADER = (
+    "# Flowyard logins: `flowyard user add|list|remove`. Keys are argon2id hashes; S3 secret\n"
+    "# keys are in clear (S3 signatures need them on the server). Owner-only (0600).\n"
+)
 
 _HASHER = PasswordHasher()
 
@@ -50,15 +59,35 @@ class User:
     created: str
     # SSO sessions (`add_session`) only: when the login stops working (ISO time, UTC).
     expires: str | None = None
+    # The user's own S3 keys ("" when none: an external store, or made before they existed).
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    # An MLflow login of the same name exists (its password is only in MLflow, hashed).
+    mlflow: bool = False
 
     def expired(self, now: datetime | None = None) -> bool:
         if self.expires is None:
             return False
         return datetime.fromisoformat(self.expires) <= (now or datetime.now(UTC))
 
+    def identities(self) -> list[str]:
+        """What this user can log in to, for `flowyard user list`."""
+        return (
+            ["prefect"]
+            + (["s3"] if self.s3_access_key else [])
+            + (["mlflow"] if self.mlflow else [])
+        )
+
 
 def new_key() -> str:
     return secrets.token_urlsafe(24)
+
+
+def new_s3_keys() -> tuple[str, str]:
+    """An S3 access key id and secret key, shaped like AWS's (20 and 40 characters)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    access = "FY" + "".join(secrets.choice(alphabet) for _ in range(18))
+    return access, secrets.token_urlsafe(30)
 
 
 def hash_key(key: str) -> str:
@@ -98,6 +127,9 @@ def load_users(path: Path) -> dict[str, User]:
                 key_hash=entry["key"],
                 created=entry["created"],
                 expires=entry.get("expires"),
+                s3_access_key=entry.get("s3_access_key", ""),
+                s3_secret_key=entry.get("s3_secret_key", ""),
+                mlflow=bool(entry.get("mlflow", False)),
             )
             for name, entry in data.get("users", {}).items()
             if entry.get("role") in ROLES
@@ -112,19 +144,24 @@ def load_users(path: Path) -> dict[str, User]:
 
 def save_users(path: Path, users: dict[str, User]) -> None:
     """Owner-only, atomically (the gate and the API re-read it when it changes)."""
-    body = {
-        "users": {
-            u.name: {"role": u.role, "key": u.key_hash, "created": u.created}
-            | ({"expires": u.expires} if u.expires else {})
-            for u in sorted(users.values(), key=lambda u: u.name)
-        }
-    }
+    body = {"users": {u.name: _entry(u) for u in sorted(users.values(), key=lambda u: u.name)}}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_private(path, HEADER + tomli_w.dumps(body))
 
 
+def _entry(u: User) -> dict[str, object]:
+    entry: dict[str, object] = {"role": u.role, "key": u.key_hash, "created": u.created}
+    if u.s3_access_key:
+        entry |= {"s3_access_key": u.s3_access_key, "s3_secret_key": u.s3_secret_key}
+    if u.mlflow:
+        entry["mlflow"] = True
+    if u.expires:
+        entry["expires"] = u.expires
+    return entry
+
+
 @contextlib.contextmanager
-def _editing(path: Path) -> Iterator[None]:
+def editing(path: Path) -> Iterator[None]:
     """One writer at a time: `user add`, `worker join-file`, `worker remove` and `up` may run
     together, and each rewrites the whole file from what it read. The lock is on the file's
     directory (the home), so no lock file is left behind; the home lock of state-changing
@@ -142,16 +179,17 @@ def ensure_users_file(path: Path, admin_auth_string: str) -> dict[str, User]:
     """The users, the file first made from secrets.toml's login when missing (migration)."""
     if path.exists():
         return load_users(path)
-    with _editing(path):
-        return _ensure(path, admin_auth_string)
+    with editing(path):
+        return ensure_locked(path, admin_auth_string)
 
 
-def _ensure(path: Path, admin_auth_string: str) -> dict[str, User]:
+def ensure_locked(path: Path, admin_auth_string: str) -> dict[str, User]:
+    """`ensure_users_file` for a caller that holds `editing(path)` already."""
     users = load_users(path)
     if path.exists():
         return users
     name, _, key = admin_auth_string.partition(":")
-    users = {name: User(name, "admin", hash_key(key), _now())}
+    users = {name: User(name, "admin", hash_key(key), now())}
     save_users(path, users)
     return users
 
@@ -162,12 +200,12 @@ def ensure_platform_worker(path: Path, admin_auth_string: str, worker_auth_strin
     The key is checked against its hash only when the entry exists (one argon2 verify, ~0.2 s,
     at `up`)."""
     name, _, key = worker_auth_string.partition(":")
-    with _editing(path):
-        users = _ensure(path, admin_auth_string)
+    with editing(path):
+        users = ensure_locked(path, admin_auth_string)
         have = users.get(name)
         if have is not None and have.role == "worker" and verify_key(have, key):
             return
-        users[name] = User(name, "worker", hash_key(key), _now())
+        users[name] = User(name, "worker", hash_key(key), now())
         save_users(path, users)
 
 
@@ -186,15 +224,15 @@ def add_user(path: Path, admin_auth_string: str, name: str, role: str) -> str:
         )
     if role not in ROLES:
         raise FlowyardError(f"Unknown role {role!r}.", fix=f"Use one of: {', '.join(ROLES)}.")
-    with _editing(path):
-        users = _ensure(path, admin_auth_string)
+    with editing(path):
+        users = ensure_locked(path, admin_auth_string)
         if name in users:
             raise FlowyardError(
                 f"User {name!r} exists already.",
                 fix=f"Remove it first (`flowyard user remove {name}`) to give it a new key.",
             )
         key = new_key()
-        users[name] = User(name, role, hash_key(key), _now())  # type: ignore[arg-type]
+        users[name] = User(name, role, hash_key(key), now())  # type: ignore[arg-type]
         save_users(path, users)
     return f"{name}:{key}"
 
@@ -214,8 +252,8 @@ def remove_user(path: Path, admin_auth_string: str, name: str) -> User:
             "secrets.toml): `flowyard` commands use it.",
             fix="Keep it; remove the people and workers you added instead.",
         )
-    with _editing(path):
-        users = _ensure(path, admin_auth_string)
+    with editing(path):
+        users = ensure_locked(path, admin_auth_string)
         if name not in users:
             raise FlowyardError(
                 f"No user {name!r}.", fix="`flowyard user list` shows the users there are."
@@ -244,12 +282,12 @@ def add_session(path: Path, name: str, role: str, expires: datetime) -> str:
     if role not in ROLES or not name.startswith(SESSION_PREFIX):
         raise FlowyardError(f"Invalid SSO session {name!r} ({role!r}).", fix="A bug: report it.")
     key = new_key()
-    with _editing(path):
+    with editing(path):
         users = load_users(path)
         now = datetime.now(UTC)
         users = {n: u for n, u in users.items() if not u.expired(now)}
         stamp = expires.isoformat(timespec="seconds")
-        users[name] = User(name, role, hash_key(key), _now(), stamp)  # type: ignore[arg-type]
+        users[name] = User(name, role, hash_key(key), now(), stamp)  # type: ignore[arg-type]
         save_users(path, users)
     return f"{name}:{key}"
 
@@ -258,7 +296,7 @@ def remove_session(path: Path, name: str) -> bool:
     """End an SSO session (logout); False when there was none of that name."""
     if not name.startswith(SESSION_PREFIX):
         return False
-    with _editing(path):
+    with editing(path):
         users = load_users(path)
         if name not in users or users[name].expires is None:
             return False
@@ -267,5 +305,6 @@ def remove_session(path: Path, name: str) -> bool:
     return True
 
 
-def _now() -> str:
+def now() -> str:
+def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")

@@ -224,6 +224,10 @@ class Supervisor:
             if "ALREADY_STARTED" not in fault.faultString:
                 raise
 
+    def signal_process(self, name: str, sig: str) -> None:
+        """Send `sig` (e.g. "HUP") to a running program (supervisord's signalProcess)."""
+        self.rpc.signalProcess(name, sig)
+
     def stop_process(self, name: str) -> None:
         try:
             self.rpc.stopProcess(name, True)

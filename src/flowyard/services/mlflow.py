@@ -349,3 +349,87 @@ def service(ctx: Context) -> Service:
         prepare=lambda: prepare(ctx),
         bootstrap=lambda: bootstrap(ctx),
     )
+
+
+# A Flowyard user's MLflow login (`platform.identities`), by role. MLflow's permissions are
+# per experiment, over `default_permission = READ`: a viewer needs no grant; an operator and a
+# worker are granted EDIT on the wildcard experiment pattern "*" (MLflow 3's role grants), so
+# on every experiment, those made later included: an experiment one worker's run creates
+# stays writable by runs on the others. An admin is MLflow's admin. Any MLflow user may also
+# create an experiment and then MANAGEs it (MLflow has no permission that forbids it).
+ROLE_GRANT = {"viewer": None, "operator": "EDIT", "worker": "EDIT", "admin": None}
+
+
+def _not_running(ctx: Context, what: str, exc: Exception | None = None) -> FlowyardError:
+    return FlowyardError(
+        f"MLflow does not answer at {local_url(ctx)} ({exc or 'not running'}): {what} "
+        "needs the running server (MLflow keeps its logins in its own store).",
+        fix="Start the platform (`flowyard up`), then run the command again; nothing was changed.",
+    )
+
+
+def _api(
+    ctx: Context, method: str, path: str, what: str, version: str = "2.0", **kwargs: object
+) -> httpx.Response:
+    try:
+        with local_http(socket(ctx), timeout=30) as client:
+            return client.request(
+                method,
+                f"{local_url(ctx)}/api/{version}/mlflow/{path}",
+                auth=admin_auth(ctx),
+                **kwargs,  # type: ignore[arg-type]
+            )
+    except (httpx.HTTPError, OSError) as exc:
+        raise _not_running(ctx, what, exc) from exc
+
+
+def _refused(what: str, r: httpx.Response) -> FlowyardError:
+    return FlowyardError(
+        f"MLflow refused to {what}: {r.status_code} {r.text[:500]}",
+        fix="Check `flowyard logs mlflow`.",
+    )
+
+
+def check_running(ctx: Context, what: str) -> None:
+    """Raise the clear error before anything is changed when the server is down."""
+    r = _api(ctx, "GET", "experiments/search", what, params={"max_results": 1})
+    if not r.is_success:
+        raise _refused(what, r)
+
+
+def create_user(ctx: Context, name: str, password: str, role: str) -> None:
+    """An MLflow login `name` with `role`'s permissions (`ROLE_GRANT`); deleted again when a
+    step fails, so nothing is left half-made."""
+    what = f"create the MLflow login {name!r}"
+    r = _api(ctx, "POST", "users/create", what, json={"username": name, "password": password})
+    if not r.is_success:
+        raise _refused(what, r)
+    try:
+        if role == "admin":
+            body = {"username": name, "is_admin": True}
+            r = _api(ctx, "PATCH", "users/update-admin", what, json=body)
+            if not r.is_success:
+                raise _refused(what, r)
+        grant = ROLE_GRANT.get(role)
+        if grant:
+            body = {
+                "username": name,
+                "resource_type": "experiment",
+                "resource_id": "*",
+                "permission": grant,
+            }
+            r = _api(ctx, "POST", "users/permissions/grant", what, version="3.0", json=body)
+            if not r.is_success:
+                raise _refused(what, r)
+    except BaseException:
+        delete_user(ctx, name, missing_ok=True)
+        raise
+
+
+def delete_user(ctx: Context, name: str, missing_ok: bool = False) -> None:
+    """Delete the login and its grants; the server drops its cached logins for it at once."""
+    what = f"delete the MLflow login {name!r}"
+    r = _api(ctx, "DELETE", "users/delete", what, json={"username": name})
+    if r.is_success or (missing_ok and r.status_code == 404):
+        return
+    raise _refused(what, r)

@@ -14,6 +14,13 @@ mutual TLS: `security.toml` (in weed's -config_dir) names a client-certificate C
 component's gRPC and HTTP server and the certificate weed's own internal clients present.
 The CA is private to this one store and made at `up` (`ensure_tls`): its key is never
 written anywhere, so nothing can issue another certificate it trusts.
+
+S3 identities: besides the platform's own two, every user in users.toml with S3 keys is an
+identity whose actions follow its role (`role_actions`). They are in the static `-s3.config`
+file, which weed re-reads on SIGHUP (its `grace.OnReload` hook), so adding or revoking one
+needs no restart. (Identities kept in the filer's /etc/iam would be live-reloaded too, but
+weed ignores them while a static file is in use, and without one S3 would run with no
+identity, open to all, until the first is written.)
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import secrets
 import ssl
+from collections.abc import Iterable
 from pathlib import Path
 
 import boto3
@@ -35,6 +44,7 @@ from flowyard import pki
 from flowyard.client.api import local_http
 from flowyard.config.context import Context
 from flowyard.config.model import GRPC_OFFSET, LOOPBACK
+from flowyard.config.users import User, load_users
 from flowyard.errors import FlowyardError
 from flowyard.files import write_private
 from flowyard.services.base import Service, binary, disk_full
@@ -65,12 +75,68 @@ def flows_actions(ctx: Context) -> list[str]:
     ]
 
 
-def render_s3_config(ctx: Context) -> str:
+ADMIN_ACTIONS = ["Admin", "Read", "Write", "List", "Tagging"]
+
+
+def role_actions(ctx: Context, role: str) -> list[str]:
+    """A user's S3 actions by role.
+
+    viewer and operator: read and list the code and results buckets. Running a deployment
+    (the operator's extra) needs no S3 at all: the worker fetches the code and its flow runs
+    write the results with their own keys; deploying (writing code) is the admin's. Neither
+    gets the MLflow artifacts bucket, for the reason in `flows_actions`. worker: what flow
+    runs need (`flows_actions`). admin: everything, as the platform's own identity.
+    """
+    store = ctx.config.object_store
+    if role == "admin":
+        return list(ADMIN_ACTIONS)
+    if role == "worker":
+        return flows_actions(ctx)
+    if role in ("viewer", "operator"):
+        buckets = (store.code_bucket, store.results_bucket)
+        return [f"{action}:{bucket}" for bucket in buckets for action in ("Read", "List")]
+    raise ValueError(f"unknown role {role!r}")
+
+
+def user_identity(user: User) -> str:
+    """The SeaweedFS identity name of a Flowyard user (never `flowyard` or `flows`)."""
+    return f"user-{user.name}"
+
+
+def render_s3_config(ctx: Context, users: Iterable[User] = (), revoked: Iterable[User] = ()) -> str:
     """The identities that may use S3; a missing or broken file makes weed refuse to start.
 
     `flowyard` is the platform's own (bootstrap, deploys, backups, MLflow's server): Admin.
     `flows` is what workers, and so flow runs, hold: `flows_actions` and nothing more.
+    Then one per user with S3 keys (users.toml), with `role_actions` of its role, and a
+    placeholder for each `revoked` one: weed 4.48 keeps an identity that is only left out
+    of the file when it re-reads it (SIGHUP), but replaces one that is there, so a revoked
+    identity is overwritten with a random key no one ever holds and no actions.
     """
+    people = [
+        {
+            "name": user_identity(u),
+            "credentials": [{"accessKey": u.s3_access_key, "secretKey": u.s3_secret_key}],
+            "actions": role_actions(ctx, u.role),
+        }
+        for u in sorted(users, key=lambda u: u.name)
+        if u.s3_access_key
+    ]
+    kept = {i["name"] for i in people}
+    people += [
+        {
+            "name": user_identity(u),
+            "credentials": [
+                {
+                    "accessKey": "REVOKED" + secrets.token_hex(8).upper(),
+                    "secretKey": secrets.token_urlsafe(30),
+                }
+            ],
+            "actions": [],
+        }
+        for u in revoked
+        if user_identity(u) not in kept
+    ]
     return json.dumps(
         {
             "identities": [
@@ -82,7 +148,7 @@ def render_s3_config(ctx: Context) -> str:
                             "secretKey": ctx.secrets.get("s3_secret_key"),
                         }
                     ],
-                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    "actions": ADMIN_ACTIONS,
                 },
                 {
                     "name": "flows",
@@ -94,9 +160,15 @@ def render_s3_config(ctx: Context) -> str:
                     ],
                     "actions": flows_actions(ctx),
                 },
+                *people,
             ]
         }
     )
+
+
+def write_s3_config(ctx: Context, users: Iterable[User], revoked: Iterable[User] = ()) -> None:
+    """Owner-only, atomically: weed must never read half a file on SIGHUP."""
+    write_private(Path(s3_config_path(ctx)), render_s3_config(ctx, users, revoked))
 
 
 def local_socket(ctx: Context, name: str) -> str:
@@ -250,7 +322,7 @@ def env(ctx: Context) -> dict[str, str]:
 def prepare(ctx: Context) -> None:
     for sub in ("", "/logs", "/tmp"):
         os.makedirs(data_dir(ctx) + sub, exist_ok=True)
-    write_private(Path(s3_config_path(ctx)), render_s3_config(ctx))
+    write_s3_config(ctx, load_users(ctx.paths.users_file).values())
     if mutual_tls(ctx):
         ensure_tls(ctx)
         write_private(tls_dir(ctx) / "security.toml", render_security_toml(ctx))
@@ -274,8 +346,11 @@ def is_ready(ctx: Context) -> bool:
         return False
 
 
-def s3_client(ctx: Context, endpoint_url: str | None = None) -> object:
-    """boto3 S3 client with the platform's keys; loopback by default (bootstrap, backups)."""
+def s3_client(
+    ctx: Context, endpoint_url: str | None = None, keys: tuple[str, str] | None = None
+) -> object:
+    """boto3 S3 client with the platform's keys (or `keys`); loopback by default (bootstrap,
+    backups)."""
     store = ctx.config.object_store
     if endpoint_url is None:
         endpoint_url = (
@@ -286,10 +361,10 @@ def s3_client(ctx: Context, endpoint_url: str | None = None) -> object:
     return boto3.client(
         "s3",
         endpoint_url=endpoint_url,
-        aws_access_key_id=ctx.secrets.s3_access_key.get_secret_value(),
-        aws_secret_access_key=ctx.secrets.s3_secret_key.get_secret_value(),
+        aws_access_key_id=keys[0] if keys else ctx.secrets.s3_access_key.get_secret_value(),
+        aws_secret_access_key=keys[1] if keys else ctx.secrets.s3_secret_key.get_secret_value(),
         region_name=store.region,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5}),
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1 if keys else 5}),
     )
 
 
