@@ -284,8 +284,8 @@ def add_session(path: Path, name: str, role: str, expires: datetime) -> str:
     key = new_key()
     with editing(path):
         users = load_users(path)
-        now = datetime.now(UTC)
-        users = {n: u for n, u in users.items() if not u.expired(now)}
+        moment = datetime.now(UTC)
+        users = {n: u for n, u in users.items() if not u.expired(moment)}
         stamp = expires.isoformat(timespec="seconds")
         users[name] = User(name, role, hash_key(key), now(), stamp)  # type: ignore[arg-type]
         save_users(path, users)
@@ -305,6 +305,5 @@ def remove_session(path: Path, name: str) -> bool:
     return True
 
 
-def now() -> str:
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
