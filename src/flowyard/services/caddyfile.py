@@ -136,9 +136,8 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
         "\t\t}",
         "\t\tformat json",
         "\t}",
-        # The design's static files: for holders of the API credential only (checked by
-        # the API itself, which answers 401 without a challenge, so browsers keep no
-        # ambient login), never listed, and never run as a page of the UI's origin, where
+        # The design's static files: for any login (checked by the gate, which answers 401
+        # without a challenge, so browsers keep no ambient login), never listed, and never run as a page of the UI's origin, where
         # Prefect's UI keeps its login: a sandboxed download, whatever the file holds.
         "\thandle_path /files/* {",
         *_api_login(up),
@@ -151,8 +150,8 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
         "\t\tfile_server",
         "\t}",
         # Prometheus: the platform's figures (the exporter) and Caddy's own request metrics
-        # (served by Caddy itself, so its admin API stays private), for holders of the API
-        # credential, checked by the API like /files/.
+        # (served by Caddy itself, so its admin API stays private), for any login, checked
+        # by the gate like /files/.
         "\thandle /metrics {",
         *_api_login(up),
         f"\t\treverse_proxy {up.metrics}",
