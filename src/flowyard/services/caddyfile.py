@@ -137,8 +137,9 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
         "\t\tformat json",
         "\t}",
         # The design's static files: for any login (checked by the gate, which answers 401
-        # without a challenge, so browsers keep no ambient login), never listed, and never run as a page of the UI's origin, where
-        # Prefect's UI keeps its login: a sandboxed download, whatever the file holds.
+        # without a challenge, so browsers keep no ambient login), never listed, and never
+        # run as a page of the UI's origin, where Prefect's UI keeps its login: a sandboxed
+        # download, whatever the file holds.
         "\thandle_path /files/* {",
         *_api_login(up),
         "\t\theader {",
