@@ -8,4 +8,15 @@ for dir in "${PREFECT_HOME:-}" "${TMPDIR:-}"; do
     mkdir -p "$dir"
   fi
 done
+# The access gate and the API read the logins from FLOWYARD_USERS_FILE; compose passes the
+# home's users.toml base64url-encoded in FLOWYARD_USERS_B64 (docs/containers.md). Written
+# owner-only (the gate refuses a file others may read), then dropped from the environment.
+if [ -n "${FLOWYARD_USERS_B64:-}" ]; then
+  (
+    umask 077
+    printf '%s' "$FLOWYARD_USERS_B64" | tr -- '-_' '+/' | base64 -d >"$FLOWYARD_USERS_FILE.tmp"
+  )
+  mv -f "$FLOWYARD_USERS_FILE.tmp" "$FLOWYARD_USERS_FILE"
+  unset FLOWYARD_USERS_B64
+fi
 exec "$@"

@@ -384,6 +384,73 @@ def test_worker_logs_an_experiment_to_mlflow_through_caddy(stack: Stack) -> None
     assert found.get("runs"), f"no MLflow run from the worker's train-digits: {found}"
 
 
+def audit_rows(stack: Stack, user: str) -> list[tuple[str, str, str, str]]:
+    """(method, route, status, source) of `user`'s rows in the audit table, via psql."""
+    sql = (
+        "SELECT method, route, status, source FROM flowyard_audit "
+        f"WHERE username = '{user}' ORDER BY id"
+    )
+    out = stack.compose(
+        "exec", "-T", "postgres", "psql", "-U", "postgres", "-d", "prefect", "-At", "-c", sql
+    )
+    return [tuple(line.split("|")) for line in out.splitlines() if line]  # type: ignore[misc]
+
+
+def test_a_viewer_added_to_the_running_stack_reads_but_cannot_change(stack: Stack) -> None:
+    """docs/access.md, Under docker compose: `flowyard user add` against the home .env was
+    made from, render `--env-file` again, `up -d`; the gate in the stack then knows the login,
+    and refuses what the viewer role may not do before Prefect sees it."""
+    added = json.loads(stack.flowyard("user", "add", "vera", "--role", "viewer", "--json"))
+    stack.flowyard("render", "compose", "--env-file", "--out", str(stack.env_file.parent))
+    assert stack.env_file.stat().st_mode & 0o077 == 0
+    stack.compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "600", timeout=900)
+    name, key = added["prefect_auth_string"].split(":", 1)
+    viewer = (name, key)
+    admin_name, admin_key = stack.secrets["FLOWYARD_PREFECT_AUTH_STRING"].split(":", 1)
+    admin = (admin_name, admin_key)
+    api = f"{stack.url}/api"
+    with httpx.Client(verify=stack.tls, timeout=30) as client:
+        # Reads (Prefect's filters are POSTs the viewer role may make): the runs of the
+        # greeting flow the admin ran above.
+        runs = client.post(f"{api}/flow_runs/filter", json={"limit": 50}, auth=viewer)
+        assert runs.status_code == 200, runs.text
+        assert runs.json(), "the viewer sees no flow run"
+        found = client.post(
+            f"{api}/deployments/filter",
+            json={"deployments": {"name": {"any_": ["scheduled-greeting"]}}},
+            auth=viewer,
+        )
+        assert found.status_code == 200, found.text
+        deployment = found.json()[0]["id"]
+        # Changes: refused by the gate (its header), so Prefect never sees them.
+        create = client.post(
+            f"{api}/deployments/", json={"name": "x", "flow_id": deployment}, auth=viewer
+        )
+        delete = client.delete(f"{api}/deployments/{deployment}", auth=viewer)
+        for refused in (create, delete):
+            assert refused.status_code == 403, refused.text
+            assert refused.headers["x-flowyard-refused"] == "role"
+        # Still there for the admin, who may do everything.
+        still = client.get(f"{api}/deployments/{deployment}", auth=admin)
+        assert still.status_code == 200, still.text
+        # No login, or a wrong key: 401 from the gate.
+        anonymous = client.post(f"{api}/flow_runs/filter", json={})
+        wrong = client.post(f"{api}/flow_runs/filter", json={}, auth=(viewer[0], "wrong"))
+        for refused in (anonymous, wrong):
+            assert refused.status_code == 401, refused.text
+            assert refused.headers["x-flowyard-refused"] == "login"
+    # The gate's audit writer reached PostgreSQL: both refusals are recorded (written in
+    # batches by a background thread, hence the wait).
+    deadline = time.monotonic() + 30
+    while True:
+        rows = audit_rows(stack, "vera")
+        methods = {(m, s, src) for m, _route, s, src in rows}
+        if {("POST", "403", "gate"), ("DELETE", "403", "gate")} <= methods:
+            break
+        assert time.monotonic() < deadline, f"audit rows of vera: {rows}"
+        time.sleep(1)
+
+
 def test_backup_as_documented(stack: Stack) -> None:
     """docs/containers.md, Upgrading, step 1: pg_dumpall, then the object store stopped."""
     dump = stack.compose("exec", "-T", "postgres", "pg_dumpall", "-U", "postgres")

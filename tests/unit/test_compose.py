@@ -36,6 +36,8 @@ from flowyard.config.model import FlowyardConfig
 from flowyard.config.secrets import Secrets, compose_fields
 from flowyard.platform.registry import build_services
 from flowyard.services import (
+    catalog,
+    gate,
     local_worker,
     mlflow,
     postgres,
@@ -325,12 +327,13 @@ def test_production_caddyfile_uses_acme_on_the_domain(files: dict[str, str]) -> 
 def test_no_secret_value_in_any_rendered_file(tmp_path: Path) -> None:
     secrets = Secrets.generate()
     out = tmp_path / "compose"
-    written = compose.write_files(default_config(), out, secrets)
+    written = compose.write_files(default_config(), out, secrets, "[users]\n")
     env = out / compose.ENV_FILE
     for path in written:
         text = path.read_text()
         if path == env:
             assert all(v in text for v in secrets.values())
+            assert f"{c.USERS_VAR}=W3VzZXJzXQo=\n" in text  # base64url of "[users]\n"
             assert stat.S_IMODE(path.stat().st_mode) == 0o600
         else:
             leaked = [v for v in secrets.values() if v in text]
@@ -415,13 +418,55 @@ def test_native_and_container_caddyfiles_route_the_same_paths(
     assert options(native) == options(container)
 
 
+def test_the_gate_guards_the_api_in_both_modes(tmp_path: Path, dev: dict[str, Any]) -> None:
+    """One gate, from the one service description: in both catalogs, before Caddy, and every
+    route that needs a login asks it in both Caddyfiles (natively its socket, in the stack its
+    container port on the server network, never published)."""
+    ctx = native_context(tmp_path)
+    for names in (
+        [s.name for s in catalog.services(ctx)],
+        [s.name for s in catalog.services(c.server_context(default_config()))],
+    ):
+        assert gate.NAME in names and names.index(gate.NAME) < names.index(c.CADDY)
+    services = dev["services"]
+    assert "ports" not in services[c.GATE]
+    assert set(services[c.GATE]["networks"]) == {c.SERVER_NETWORK}
+    assert services[c.CADDY]["depends_on"][c.GATE] == {"condition": "service_healthy"}
+
+    def guarded(text: str) -> dict[str, str]:
+        """Each route -> the forward_auth upstream its block asks first."""
+        found, route = {}, None
+        for line in (raw.strip() for raw in text.splitlines()):
+            if line.startswith("handle") and line.endswith("{"):
+                route = line
+            elif route and line.startswith("forward_auth "):
+                found[route] = line.split()[1]
+                route = None
+        return found
+
+    native = guarded(render_caddyfile(ctx.config, Upstreams.from_context(ctx)))
+    for production in (False, True):
+        container = guarded(compose.caddyfile(default_config(), production=production))
+        assert native.keys() == container.keys()
+        assert set(native.values()) == {f"unix/{ctx.paths.socket(gate.NAME)}"}
+        assert set(container.values()) == {f"{c.GATE}:{gate.PORT}"}
+    assert set(native) == {
+        "handle_path /files/* {",
+        "handle /metrics {",
+        "handle /metrics/caddy {",
+        "handle /api/* {",
+    }
+
+
 def test_every_native_prefect_setting_is_in_compose(tmp_path: Path, dev: dict[str, Any]) -> None:
     ctx = native_context(tmp_path)
     services = dev["services"]
-    for native in (prefect_api.service(ctx), prefect_services.service(ctx)):
-        # Less the access layer's settings: compose has no gate yet (docs/access.md).
-        native_env = set(native.env) - set(prefect_api.access_env(ctx))
-        assert native_env == set(services[native.name]["environment"]), native.name
+    for native in (prefect_api.service(ctx), prefect_services.service(ctx), gate.service(ctx)):
+        # Plus, for the access layer, the users file the images' entrypoint writes out.
+        container_env = set(services[native.name]["environment"]) - {c.USERS_VAR}
+        assert set(native.env) == container_env, native.name
+    for name in (c.PREFECT_API, c.GATE):
+        assert services[name]["environment"][c.USERS_VAR] == c.ref(c.USERS_VAR)
     worker_env = services[c.WORKER]["environment"]
     assert set(platform_client_env(ctx)) <= set(worker_env)
     assert set(local_worker.env(ctx)) <= set(worker_env)
@@ -466,12 +511,17 @@ def test_every_native_command_flag_is_in_compose(tmp_path: Path, dev: dict[str, 
         services[c.SEAWEEDFS]["command"]
     )
     assert _flags(mlflow.command(ctx)) == _flags(services[c.MLFLOW]["command"])
-    # Natively the API listens on its socket (--uds), in a container on --host/--port.
+    # Natively the API and the gate listen on sockets (--uds), in containers on --host/--port.
     listen = {"--uds", "--host", "--port"}
     api_flags = lambda argv: [f for f in _flags(argv) if f not in listen]  # noqa: E731
-    assert api_flags(prefect_api.service(ctx).command) == api_flags(
-        services[c.PREFECT_API]["command"]
-    )
+    for native in (prefect_api.service(ctx), gate.service(ctx)):
+        container = services[native.name]["command"]
+        assert api_flags(native.command) == api_flags(container), native.name
+        # The same ASGI app (factory) in both modes.
+        assert (
+            native.command[native.command.index("--factory") + 1]
+            == container[container.index("--factory") + 1]
+        )
     native_pg = postgres.service(ctx).command
     settings = {a.split("=")[0] for f, a in itertools.pairwise(native_pg) if f == "-c"}
     container_pg = services[c.POSTGRES]["command"]

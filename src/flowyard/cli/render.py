@@ -14,6 +14,7 @@ from flowyard.config.context import load_context
 from flowyard.config.load import load_config
 from flowyard.config.paths import Paths, default_home
 from flowyard.config.secrets import load_secrets
+from flowyard.config.users import ensure_platform_logins
 from flowyard.kubernetes.pods import pool_namespace
 from flowyard.kubernetes.render import (
     CONFIGMAP_FILE,
@@ -50,9 +51,16 @@ def compose(
     # Without flowyard.toml the defaults apply: that is how the committed files are made.
     config = load_config(home, require_file=False)
     secrets = load_secrets(paths.secrets_file) if env_file else None
+    # The containers' logins: this home's users.toml (made from secrets.toml's admin login
+    # when missing, with the platform workers' login, as `flowyard up` does), carried in .env
+    # (docs/containers.md).
+    users = ""
+    if secrets is not None:
+        ensure_platform_logins(paths.users_file, secrets)
+        users = paths.users_file.read_text()
     source = paths.config_file if paths.config_file.exists() else "defaults (no flowyard.toml)"
     console.print(f"Config: {source}")
-    for path in write_files(config, out, secrets):
+    for path in write_files(config, out, secrets, users):
         console.print(f"  wrote {path}")
     console.print(
         f"Development: docker compose -f {out / DEV_FILE} up -d\n"

@@ -18,11 +18,9 @@ def auth_header(auth_string: str) -> dict[str, str]:
 
 
 def internal_auth_string(ctx: Context) -> str:
-    """The credential Prefect's API itself checks: natively the internal one only the access
-    gate hands upstream (docs/access.md); under compose, which has no gate yet, the admin's."""
-    if ctx.hosts.use_sockets:
-        return ctx.secrets.get("prefect_internal_auth_string")
-    return ctx.secrets.prefect_auth_string.get_secret_value()
+    """The credential Prefect's API itself checks: the internal one only the access gate
+    hands upstream (docs/access.md), natively and under compose."""
+    return ctx.secrets.get("prefect_internal_auth_string")
 
 
 def local_api_url(ctx: Context) -> str:

@@ -112,13 +112,8 @@ class ClientProfile:
         return cls._build(
             ctx,
             ca_file,
-            # The platform workers' own login (role `worker`) where the access gate checks
-            # logins (services.gate.enabled); without the gate Prefect knows only the admin's.
-            auth_string=(
-                ctx.secrets.get("prefect_worker_auth_string")
-                if ctx.hosts.use_sockets
-                else ctx.secrets.prefect_auth_string.get_secret_value()
-            ),
+            # The platform workers' own login (role `worker`), checked by the access gate.
+            auth_string=ctx.secrets.get("prefect_worker_auth_string"),
             s3_keys=(
                 (ctx.secrets.get(s3[0]), ctx.secrets.get(s3[1]))
                 if s3

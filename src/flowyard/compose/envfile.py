@@ -3,6 +3,7 @@ and `.env` (this home's values, for `--env-file`)."""
 
 from __future__ import annotations
 
+import base64
 import re
 
 from flowyard.compose import view as c
@@ -16,10 +17,14 @@ _REFERENCE = re.compile(r"\$\{([A-Z0-9_]+)")
 def env_variables() -> dict[str, str]:
     """Every variable the compose files may reference, with its meaning."""
     described = {
-        c.secret_var(name): f"{field.description} Required; URL-safe characters only."
-        for name, field in Secrets.model_fields.items()
-        if name in compose_fields()
+        c.secret_var(name): f"{Secrets.model_fields[name].description} Required; URL-safe "
+        "characters only."
+        for name in compose_fields()
     }
+    described[c.USERS_VAR] = (
+        "FLOWYARD_HOME/users.toml (logins and roles, `flowyard user add`), base64url-encoded; "
+        "`--env-file` writes it. Required."
+    )
     described[c.MLFLOW_FLASK_KEY_VAR] = (
         "Signs MLflow's CSRF tokens. Required with MLflow; `--env-file` derives it from "
         "the MLflow admin password as native mode does."
@@ -54,11 +59,13 @@ def env_example(compose_files: list[str]) -> str:
     return "\n".join(lines)
 
 
-def env_file(config: FlowyardConfig, secrets: Secrets) -> str:
-    """`.env` with this home's real values (written 0600, never committed)."""
+def env_file(config: FlowyardConfig, secrets: Secrets, users: str) -> str:
+    """`.env` with this home's real values (written 0600, never committed); `users` is the
+    home's users.toml."""
     from flowyard.services import mlflow
 
     values = {c.secret_var(k): v for k, v in secrets.plain().items()}
+    values[c.USERS_VAR] = base64.urlsafe_b64encode(users.encode()).decode()
     values[c.MLFLOW_FLASK_KEY_VAR] = mlflow.flask_secret_key(Context(config, secrets))
     if config.proxy.tls == "acme":
         values[c.DOMAIN_VAR] = config.proxy.host

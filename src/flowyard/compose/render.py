@@ -55,6 +55,7 @@ MEMORY_LIMITS = {
     c.PREFECT_SERVICES: "1g",
     c.APPLY: "512m",
     c.MLFLOW: "1g",
+    c.GATE: "256m",
     c.CADDY: "256m",
     c.METRICS: "256m",
     c.WORKER: "2g",
@@ -298,8 +299,10 @@ def _caddy_header(mode: str) -> str:
 
 
 def write_files(
-    config: FlowyardConfig, out_dir: Path, secrets: Secrets | None = None
+    config: FlowyardConfig, out_dir: Path, secrets: Secrets | None = None, users: str = ""
 ) -> list[Path]:
+    """Writes `render_files`, and `.env` when `secrets` are given (with `users`, the home's
+    users.toml)."""
     # files/ is bind-mounted into Caddy (the design's static files); made here so Docker
     # does not create it owned by root.
     (out_dir / "files").mkdir(parents=True, exist_ok=True)
@@ -311,7 +314,7 @@ def write_files(
     if secrets is not None:
         path = out_dir / ENV_FILE
         # Owner-only from the first byte, as secrets.toml.
-        write_private(path, env_file(config, secrets))
+        write_private(path, env_file(config, secrets, users))
         written.append(path)
     return written
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flowyard import __version__
-from flowyard.client.api import local_api_url
+from flowyard.client.api import internal_auth_string, local_api_url
 from flowyard.client.env import platform_client_env
 from flowyard.client.profile import RESULTS_BLOCK_SLUG
 from flowyard.compose import view as c
@@ -28,6 +28,7 @@ from flowyard.config.secrets import compose_fields
 from flowyard.services import (
     caddy,
     catalog,
+    gate,
     local_worker,
     metrics,
     mlflow,
@@ -229,17 +230,47 @@ def prefect_spec(cx: Contexts, native: Service, name: str) -> Spec:
             "import os, redis; "
             "redis.Redis.from_url(os.environ['PREFECT_REDIS_MESSAGING_URL']).ping()"
         )
+    env = dict(native.env)
+    if name == c.PREFECT_API:
+        # Its websocket check reads the users file (flowyard.access.prefect_app).
+        env[c.USERS_VAR] = c.ref(c.USERS_VAR)
     return Spec(
         service={
             **own_image(SERVER_IMAGE, cx.build_context),
             "command": program(native.command),
-            "environment": native.env,
+            "environment": env,
             "networks": {c.SERVER_NETWORK: {}},
             "depends_on": depends(needs),
             "healthcheck": {"test": check},
             **stop(native),
         },
         dev_ports={port: port} if name == c.PREFECT_API else {},
+    )
+
+
+def gate_spec(cx: Contexts) -> Spec:
+    """The access gate, on TCP on the server network only: Caddy asks it about every API
+    request (`forward_auth`), as natively on its socket; no port is published, in development
+    either, since a caller that reached it directly could ask for the internal credential."""
+    ctx = cx.server
+    native = gate.service(ctx)
+    # As native readiness: the request Caddy forwards for a public route is allowed.
+    probe = (
+        "import urllib.request as u; u.urlopen(u.Request("
+        f"'http://{LOOPBACK}:{gate.PORT}/check', headers={gate.PROBE_HEADERS!r}), timeout=5)"
+    )
+    return Spec(
+        service={
+            **own_image(SERVER_IMAGE, cx.build_context),
+            "command": program(native.command),
+            # The users file comes in the env file; the image's entrypoint writes it out.
+            "environment": {**native.env, c.USERS_VAR: c.ref(c.USERS_VAR)},
+            "networks": {c.SERVER_NETWORK: {}},
+            # Its audit writer uses the prefect database, which the init job prepares.
+            "depends_on": depends({c.POSTGRES: "healthy", c.INIT: "done"}),
+            "healthcheck": {"test": python_check(probe)},
+            **stop(native),
+        },
     )
 
 
@@ -269,6 +300,9 @@ def apply_spec(cx: Contexts) -> Spec:
     # Straight to the API on the server network, as native bootstrap uses loopback.
     env.pop("PREFECT_API_SSL_CERT_FILE", None)
     env["PREFECT_API_URL"] = local_api_url(ctx)
+    # Not through the gate, so with the credential Prefect itself checks, as native
+    # bootstrap's calls on the API's socket (client.api.api_client).
+    env["PREFECT_API_AUTH_STRING"] = internal_auth_string(ctx)
     env["PREFECT_HOME"] = str(ctx.paths.service_data("cli"))
     env["FLOWYARD_SETUP_CONFIG"] = setup_config(ctx)
     return Spec(
@@ -334,6 +368,7 @@ def caddy_spec(cx: Contexts, caddyfile: str) -> Spec:
         needs[c.SEAWEEDFS] = "healthy"
     if ctx.config.mlflow.enabled:
         needs[c.MLFLOW] = "healthy"
+    needs[c.GATE] = "healthy"
     env = caddy.env(ctx)
     if cx.production:
         # The production Caddyfile reads its domain and e-mail with Caddy's {$VAR}.
@@ -434,6 +469,7 @@ def build_specs(cx: Contexts, caddyfile: str) -> dict[str, Spec]:
             cx, prefect_services.service(cx.server), c.PREFECT_SERVICES
         ),
         c.MLFLOW: lambda: mlflow_spec(cx),
+        c.GATE: lambda: gate_spec(cx),
         c.CADDY: lambda: caddy_spec(cx, caddyfile),
         c.METRICS: lambda: metrics_spec(cx),
         c.WORKER: lambda: worker_spec(cx),

@@ -19,6 +19,7 @@ from flowyard.config.model import FlowyardConfig
 from flowyard.config.secrets import Secrets, compose_fields
 from flowyard.services import (
     caddy,
+    gate,
     local_worker,
     metrics,
     mlflow,
@@ -37,6 +38,7 @@ SEAWEEDFS = seaweedfs.NAME
 PREFECT_API = prefect_api.NAME
 PREFECT_SERVICES = prefect_services.NAME
 MLFLOW = mlflow.NAME
+GATE = gate.NAME
 CADDY = caddy.NAME
 METRICS = metrics.NAME
 WORKER = local_worker.NAME
@@ -59,6 +61,7 @@ HOSTS = Hosts(
     prefect_api=PREFECT_API,
     mlflow=MLFLOW,
     metrics=METRICS,
+    gate=GATE,
     # Inside its own network namespace; the published ports decide what is exposed.
     proxy_bind="0.0.0.0",
     # Sockets do not cross containers; each network is private to the stack.
@@ -73,6 +76,13 @@ PRODUCTION_PORTS = {"https_port": 443, "http_port": 80, "s3_https_port": 444}
 # Derived from a secret by the same function native mode uses (see `mlflow.flask_secret_key`);
 # compose cannot compute it, so the env file carries it too.
 MLFLOW_FLASK_KEY_VAR = "FLOWYARD_MLFLOW_FLASK_SECRET_KEY"
+
+
+# The home's users.toml (logins and roles, argon2 hashes), base64url-encoded into one line of
+# the env file; the images' entrypoint writes it back, owner-only, where the gate and the API
+# read it (`FLOWYARD_USERS_FILE`). Not a bind mount: the containers run as another uid than
+# the home's owner, and `flowyard user add` replaces the file (a new inode) on every change.
+USERS_VAR = "FLOWYARD_USERS_B64"
 
 
 def secret_var(field: str) -> str:

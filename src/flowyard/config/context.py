@@ -32,6 +32,7 @@ class Hosts:
     prefect_api: str = LOOPBACK
     mlflow: str = LOOPBACK
     metrics: str = LOOPBACK
+    gate: str = LOOPBACK
     # Where Caddy listens: None means the config's `proxy.listen_address`. A container
     # listens on every interface of its own network namespace; published ports decide.
     proxy_bind: str | None = None

@@ -124,14 +124,10 @@ class Secrets(BaseModel):
         return list(self.plain().values())
 
 
-# Secrets only native mode uses: the compose stack has no access gate yet (docs/access.md), so
-# its .env does not carry them (an existing .env keeps working unchanged).
-NATIVE_ONLY = frozenset({"prefect_internal_auth_string", "prefect_worker_auth_string"})
-
-
 def compose_fields() -> list[str]:
-    """The `Secrets` fields a compose deployment's .env carries."""
-    return [f for f in Secrets.model_fields if f not in NATIVE_ONLY]
+    """The `Secrets` fields a compose deployment's .env carries: all of them (the stack runs
+    the access gate too, so Prefect's internal credential is one of them)."""
+    return list(Secrets.model_fields)
 
 
 def url_quote(secret: str) -> str:

@@ -34,7 +34,7 @@ import tomli_w
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from flowyard.config.secrets import PLATFORM_WORKER, require_private
+from flowyard.config.secrets import PLATFORM_WORKER, Secrets, require_private
 from flowyard.errors import FlowyardError
 from flowyard.files import write_private
 
@@ -192,6 +192,14 @@ def ensure_locked(path: Path, admin_auth_string: str) -> dict[str, User]:
     users = {name: User(name, "admin", hash_key(key), now())}
     save_users(path, users)
     return users
+
+
+def ensure_platform_logins(path: Path, secrets: Secrets) -> None:
+    """The users file with the platform's own logins, as `up` and the compose env file need
+    it: made from secrets.toml's admin login when missing, with the platform workers' login."""
+    admin = secrets.prefect_auth_string.get_secret_value()
+    ensure_users_file(path, admin)
+    ensure_platform_worker(path, admin, secrets.get("prefect_worker_auth_string"))
 
 
 def ensure_platform_worker(path: Path, admin_auth_string: str, worker_auth_string: str) -> None:

@@ -13,8 +13,10 @@ from pathlib import Path
 from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK, FlowyardConfig, url_host
 
-# The metrics exporter's port in containers (`services.metrics`); natively it is a socket.
+# The metrics exporter's and the access gate's ports in containers (`services.metrics`,
+# `services.gate`); natively they are sockets.
 METRICS_PORT = 9464
+GATE_PORT = 4180
 
 # Prefect routes that upgrade to websockets; Caddy proxies upgrades on any route, and these
 # are listed so tests and docs check each one stays reachable.
@@ -41,9 +43,8 @@ class Upstreams:
     # client certificate (`services.dask`); None when there is no cluster (or in containers).
     dask: str | None = None
     dask_pki: str | None = None
-    # The access gate (`services.gate`), natively; None under compose, where Prefect still
-    # checks the one admin credential itself (docs/access.md).
-    gate: str | None = None
+    # The access gate (`services.gate`): its socket natively, its container port under compose.
+    gate: str = ""
 
     @classmethod
     def from_context(cls, ctx: Context) -> Upstreams:
@@ -72,7 +73,7 @@ class Upstreams:
             admin=at("caddy-admin", LOOPBACK, config.proxy.admin_port),
             dask=f"{LOOPBACK}:{config.dask.scheduler_port}" if dask else None,
             dask_pki=str(ctx.paths.dask_pki) if dask else None,
-            gate=unix(ctx.paths.socket("gate")) if hosts.use_sockets else None,
+            gate=at("gate", hosts.gate, GATE_PORT),
         )
 
 
@@ -92,18 +93,11 @@ GATE_HEADERS = ("Authorization", "X-Flowyard-User", "X-Flowyard-Role")
 
 def _api_login(up: Upstreams) -> list[str]:
     """A login with a role that may make this request, checked by the access gate
-    (`flowyard.access.gate`); without a gate (compose), the API credential, checked by the API
-    itself. Both answer 401 without a challenge."""
-    if up.gate:
-        return [
-            f"\t\tforward_auth {up.gate} {{",
-            "\t\t\turi /check",
-            f"\t\t\tcopy_headers {' '.join(GATE_HEADERS)}",
-            "\t\t}",
-        ]
+    (`flowyard.access.gate`), which answers 401 without a challenge."""
     return [
-        f"\t\tforward_auth {up.prefect} {{",
-        "\t\t\turi /api/admin/version",
+        f"\t\tforward_auth {up.gate} {{",
+        "\t\t\turi /check",
+        f"\t\t\tcopy_headers {' '.join(GATE_HEADERS)}",
         "\t\t}",
     ]
 
@@ -142,10 +136,10 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
         "\t\t}",
         "\t\tformat json",
         "\t}",
-        # The design's static files: for holders of the API credential only (checked by
-        # the API itself, which answers 401 without a challenge, so browsers keep no
-        # ambient login), never listed, and never run as a page of the UI's origin, where
-        # Prefect's UI keeps its login: a sandboxed download, whatever the file holds.
+        # The design's static files: for any login (checked by the gate, which answers 401
+        # without a challenge, so browsers keep no ambient login), never listed, and never
+        # run as a page of the UI's origin, where Prefect's UI keeps its login: a sandboxed
+        # download, whatever the file holds.
         "\thandle_path /files/* {",
         *_api_login(up),
         "\t\theader {",
@@ -157,8 +151,8 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
         "\t\tfile_server",
         "\t}",
         # Prometheus: the platform's figures (the exporter) and Caddy's own request metrics
-        # (served by Caddy itself, so its admin API stays private), for holders of the API
-        # credential, checked by the API like /files/.
+        # (served by Caddy itself, so its admin API stays private), for any login, checked
+        # by the gate like /files/.
         "\thandle /metrics {",
         *_api_login(up),
         f"\t\treverse_proxy {up.metrics}",
@@ -174,9 +168,9 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
             f"\t\treverse_proxy {up.mlflow}",
             "\t}",
         ]
-    # The API, through the gate when there is one (websocket upgrades too: the gate lets
-    # those through to be checked in-band by the API, flowyard.access.prefect_app); then the
-    # UI's static pages, which need no login (the UI asks for one and sends it to the API).
+    # The API, through the gate (websocket upgrades too: the gate lets those through to be
+    # checked in-band by the API, flowyard.access.prefect_app); then the UI's static pages,
+    # which need no login (the UI asks for one and sends it to the API).
     # flush_interval -1 streams event and log responses as they are written.
     if up.gate and config.access.sso.enabled:
         # SSO's pages (flowyard.access.sso) are the gate's own and need no login: they are
@@ -186,11 +180,10 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
             f"\t\treverse_proxy {up.gate}",
             "\t}",
         ]
-    api_login = _api_login(up) if up.gate else []
     for route in ("handle /api/* {", "handle {"):
         main += [
             f"\t{route}",
-            *(api_login if route != "handle {" else []),
+            *(_api_login(up) if route != "handle {" else []),
             f"\t\treverse_proxy {up.prefect} {{",
             "\t\t\tflush_interval -1",
             "\t\t}",

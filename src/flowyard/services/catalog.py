@@ -37,10 +37,9 @@ def services(ctx: Context) -> list[Service]:
 
         found.append(mlflow.service(ctx))
     proxy = caddy.service(ctx)
-    if gate.enabled(ctx):
-        # Before Caddy, which asks it about every API request (docs/access.md).
-        found.append(gate.service(ctx))
-        proxy.after += (gate.NAME,)
+    # Before Caddy, which asks it about every API request (docs/access.md).
+    found.append(gate.service(ctx))
+    proxy.after += (gate.NAME,)
     if dask_on:
         # Before Caddy, which forwards to it; its prepare makes the certificates Caddy reads.
         found.append(dask.scheduler_service(ctx))

@@ -1,12 +1,13 @@
 """The access gate (`flowyard.access.gate`): Caddy's `forward_auth` target for every API, UI,
-/files/ and /metrics request. Natively only: the compose stack still checks the one admin
-credential in Prefect itself (docs/access.md says what is not done).
+/files/ and /metrics request, natively and in the compose stack.
 
-uvicorn serves the gate's bare ASGI app on an owner-only Unix socket; the users file is made
-here from secrets.toml's login when missing (the migration: that login becomes the first
-admin), so an existing home keeps working unchanged. With `[access.sso]` enabled the gate also
-serves the OpenID Connect login pages under /auth/ (flowyard.access.sso), its settings rendered
-here to an owner-only file it reads at start.
+Natively uvicorn serves the gate's bare ASGI app on an owner-only Unix socket; in containers
+on `PORT` on the private server network (never published). The users file is made here from
+secrets.toml's login when missing (the migration: that login becomes the first admin), so an
+existing home keeps working unchanged; containers get the home's file through the env file
+(docs/containers.md). With `[access.sso]` enabled
+the gate also serves the OpenID Connect login pages under /auth/ (flowyard.access.sso), its
+settings rendered here to an owner-only file it reads at start (natively only).
 """
 
 from __future__ import annotations
@@ -19,27 +20,24 @@ import httpx
 from flowyard.access.gate import INTERNAL_VAR, SSO_FILE_VAR
 from flowyard.client.api import internal_auth_string, local_http
 from flowyard.config.context import Context
-from flowyard.config.users import ensure_platform_worker, ensure_users_file
+from flowyard.config.users import ensure_platform_logins
 from flowyard.files import write_private
 from flowyard.services import postgres
 from flowyard.services.base import Service
+from flowyard.services.caddyfile import GATE_PORT
 from flowyard.services.prefect_api import access_env
 
 NAME = "gate"
 MODULE = "flowyard.access.gate:create_app"
-
-
-def enabled(ctx: Context) -> bool:
-    return ctx.hosts.use_sockets
+# The gate's port in containers; natively it listens on an owner-only Unix socket.
+PORT = GATE_PORT
+# What a readiness probe sends: the request Caddy forwards for a public route (allowed).
+PROBE_HEADERS = {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/health"}
 
 
 def prepare(ctx: Context) -> None:
     ctx.paths.sockets.mkdir(parents=True, exist_ok=True)
-    admin = ctx.secrets.prefect_auth_string.get_secret_value()
-    ensure_users_file(ctx.paths.users_file, admin)
-    ensure_platform_worker(
-        ctx.paths.users_file, admin, ctx.secrets.get("prefect_worker_auth_string")
-    )
+    ensure_platform_logins(ctx.paths.users_file, ctx.secrets)
     sso = ctx.config.access.sso
     if sso.enabled:
         settings = {
@@ -66,13 +64,16 @@ def is_ready(ctx: Context) -> bool:
     """The gate answers a probe the way it answers Caddy (public route: allowed)."""
     try:
         with local_http(ctx.paths.socket(NAME), timeout=2) as client:
-            r = client.get(
-                "http://gate/check",
-                headers={"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/health"},
-            )
+            r = client.get("http://gate/check", headers=PROBE_HEADERS)
             return r.status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def listen(ctx: Context) -> list[str]:
+    if ctx.hosts.use_sockets:
+        return ["--uds", str(ctx.paths.socket(NAME))]
+    return ["--host", ctx.hosts.bind, "--port", str(PORT)]
 
 
 def service(ctx: Context) -> Service:
@@ -87,8 +88,7 @@ def service(ctx: Context) -> Service:
             "uvicorn",
             "--factory",
             MODULE,
-            "--uds",
-            str(ctx.paths.socket(NAME)),
+            *listen(ctx),
             "--log-level",
             "warning",
             "--no-access-log",

@@ -34,7 +34,7 @@ def server_env(ctx: Context) -> dict[str, str]:
         "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": "15",
         "PREFECT_SERVER_API_HOST": ctx.hosts.bind,
         "PREFECT_SERVER_API_PORT": str(cfg.prefect.port),
-        # Natively the internal credential, which only the access gate hands upstream.
+        # The internal credential, which only the access gate hands upstream.
         "PREFECT_SERVER_API_AUTH_STRING": internal_auth_string(ctx),
         # CSRF needs ambient credentials; there are none: the API answers 401 without a
         # WWW-Authenticate challenge, so browsers never cache the login, and the UI sends it
@@ -100,19 +100,14 @@ def command(ctx: Context) -> list[str]:
         listen = ["--uds", str(prefect_api_socket(ctx))]
     else:
         listen = ["--host", ctx.hosts.bind, "--port", str(ctx.config.prefect.port)]
-    # Natively Prefect's factory wrapped for per-user websocket logins and the audit log
-    # (flowyard.access.prefect_app); under compose, which has no gate yet, Prefect's own.
-    factory = (
-        "flowyard.access.prefect_app:create_app"
-        if ctx.hosts.use_sockets
-        else "prefect.server.api.server:create_app"
-    )
+    # Prefect's factory wrapped for per-user websocket logins and the audit log
+    # (flowyard.access.prefect_app), natively and under compose.
     return [
         sys.executable,
         "-m",
         "uvicorn",
         "--factory",
-        factory,
+        "flowyard.access.prefect_app:create_app",
         *listen,
         "--log-level",
         ctx.config.prefect.log_level.lower(),
@@ -121,14 +116,12 @@ def command(ctx: Context) -> list[str]:
 
 def env(ctx: Context) -> dict[str, str]:
     # What `prefect server start --no-services` tells its app factory.
-    found = {
+    return {
         **server_env(ctx),
         "PREFECT__SERVER_FINAL": "1",
         "PREFECT__SERVER_WEBSERVER_ONLY": "1",
+        **access_env(ctx),
     }
-    if ctx.hosts.use_sockets:
-        found.update(access_env(ctx))
-    return found
 
 
 def access_env(ctx: Context) -> dict[str, str]:
