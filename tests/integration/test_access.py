@@ -1,6 +1,7 @@
 """Team access on the real platform (docs/access.md): every role against every route of
 Prefect's OpenAPI through Caddy and the gate, a joined worker with its own `worker` login,
-revocation over HTTP and an open websocket, and the audit log.
+revocation over HTTP and an open websocket, the audit log, and Prefect's UI in a real
+headless Chromium (a viewer sees runs and cannot trigger one; an operator can).
 
 One platform for the module, the local worker off (the joined worker serves the pool), with
 the `extra` test project deployed to it.
@@ -24,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Page, Response
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
@@ -33,6 +35,7 @@ from flowyard.client.api import auth_header
 from flowyard.config.context import Context
 from flowyard.services.caddy import tls_verify
 from flowyard.testing import running_platform
+from tests.integration import browser
 from tests.integration.conftest import flowyard_cli
 from tests.integration.runs import api, cli_ok, wait_state
 
@@ -259,3 +262,60 @@ def test_mutations_and_refusals_are_in_the_audit_log(yard: Context, logins: dict
 def _matches(wanted: tuple[Any, ...], seen: tuple[Any, ...]) -> bool:
     # None in `wanted` is "any object id".
     return all(w is None or w == s for w, s in zip(wanted, seen, strict=True))
+
+
+def _runs_of(ctx: Context, deployment_id: str) -> int:
+    body = {"deployments": {"id": {"any_": [deployment_id]}}}
+    return int(api(ctx, "POST", "/flow_runs/count", json=body))
+
+
+def _quick_run(page: Page, origin: str, deployment_id: str) -> Response:
+    """The deployment page's Run → Quick run, as a person clicks it; the API's answer."""
+    page.goto(f"{origin}/deployments/deployment/{deployment_id}")
+    page.locator(".run-menu__run-button").click(timeout=browser.TIMEOUT_MS)
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and r.url.endswith("/create_flow_run"),
+        timeout=browser.TIMEOUT_MS,
+    ) as answer:
+        page.get_by_text("Quick run", exact=True).click(timeout=browser.TIMEOUT_MS)
+    return answer.value
+
+
+def test_ui_viewer_sees_runs_and_cannot_trigger_one_operator_can(
+    yard: Context, logins: dict[str, str], tmp_path: Path
+) -> None:
+    """Prefect's own UI in a real headless Chromium, through Caddy (TLS pinned to the key the
+    platform CA certifies) and the gate, logged in through the UI's login box."""
+    deployed = flowyard_cli(yard, "deploy", str(EXTRA), "--json")
+    assert deployed.returncode == 0, deployed.stderr
+    dep = api(yard, "GET", "/deployments/name/hello/hello")
+    seen = f"ui-seen-{uuid.uuid4().hex[:8]}"
+    api(yard, "POST", f"/deployments/{dep['id']}/create_flow_run", json={"name": seen})
+    origin = yard.config.proxy.url
+    with browser.chromium(yard) as chromium:
+        for role in ("viewer", "operator"):
+            page = chromium.new_context().new_page()
+            page.set_default_timeout(browser.TIMEOUT_MS)
+            try:
+                browser.log_in(page, origin, logins[role])
+                # The runs page lists the run the admin made (read through the gate).
+                page.goto(f"{origin}/runs")
+                page.get_by_text(seen).first.wait_for(timeout=browser.TIMEOUT_MS)
+                before = _runs_of(yard, dep["id"])
+                answer = _quick_run(page, origin, dep["id"])
+                if role == "viewer":
+                    assert answer.status == 403, answer.text()
+                    assert answer.headers.get(REFUSED_HEADER.lower()) == "role"
+                    # The UI shows the gate's reason (Prefect's toast shows a refusal's detail).
+                    page.get_by_text("may not call").first.wait_for()
+                    time.sleep(2)  # anything that slipped through would have landed by now
+                    assert _runs_of(yard, dep["id"]) == before
+                else:
+                    assert answer.status == 201, answer.text()
+                    assert _runs_of(yard, dep["id"]) == before + 1
+                    assert api(yard, "GET", f"/flow_runs/{answer.json()['id']}")
+            except BaseException:
+                print(f"screenshot: {browser.screenshot(page, tmp_path, role)}")
+                raise
+            finally:
+                page.context.close()
