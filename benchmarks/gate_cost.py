@@ -22,6 +22,7 @@ save on the hop.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import time
@@ -43,10 +44,9 @@ from flowyard.config.model import LOOPBACK, FlowyardConfig
 from flowyard.config.users import add_user, remove_user
 from flowyard.files import write_private
 from flowyard.services import gate
-from flowyard.services.base import binary
+from flowyard.services.base import binary, port_free
 from flowyard.services.caddy import tls_verify
 from flowyard.services.caddyfile import Upstreams, render_caddyfile, unix
-from flowyard.testing import free_port
 from flowyard.waiting import wait_until
 
 GOAL_MS = 2.0
@@ -112,8 +112,8 @@ def api_route(caddyfile: str) -> str:
 @contextmanager
 def caddy_without_gate(ctx: Context, workdir: Path) -> Iterator[dict[str, Any]]:
     """httpx.Client options for the bench-only Caddy without the gate (see the docstring)."""
-    used: set[int] = set()
-    ports = {k: free_port(used) for k in ("https_port", "http_port", "s3_https_port")}
+    free = (p for p in range(random.randint(22000, 31000), 32000) if port_free(p))
+    ports = {k: next(free) for k in ("https_port", "http_port", "s3_https_port")}
     here = workdir / "caddy-no-gate"
     data = here / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -189,7 +189,10 @@ def measure(ctx: Context, workdir: Path, count: int) -> dict[str, list[float]]:
         login = stack.enter_context(_viewer(ctx))
         no_gate = stack.enter_context(caddy_without_gate(ctx, workdir))
         slow_gate = stack.enter_context(gate_without_uvloop(ctx, workdir))
-        with_gate = {"base_url": ctx.config.proxy.url, "headers": auth_header(login)}
+        with_gate: dict[str, Any] = {
+            "base_url": ctx.config.proxy.url,
+            "headers": auth_header(login),
+        }
         gated = stack.enter_context(httpx.Client(**with_gate, verify=tls_verify(ctx)))
         ungated = stack.enter_context(httpx.Client(**no_gate))
         gate_sock = stack.enter_context(local_http(ctx.paths.socket(gate.NAME)))
