@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export FLOWYARD_HOME ?= $(if $(filter 0,$(shell id -u)),/var/lib/flowyard,$(HOME)/.flowyard)
 
-.PHONY: up down status test test-containers lint fmt typecheck unit integration bench clean install
+.PHONY: up down status test test-containers lint fmt typecheck unit integration bench clean install browser
 
 $(BIN)/flowyard: pyproject.toml flows/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,16 +51,20 @@ typecheck: install
 unit: install
 	$(BIN)/pytest -m "not integration" tests flows/tests
 
-integration: install
+integration: install browser
 	$(BIN)/pytest -m integration tests
 
-test: lint typecheck
+test: lint typecheck browser
 	$(BIN)/pytest tests flows/tests
 
 # Docker Engine + Compose (installed and started if missing, stopped only if started here),
 # images (test stand-ins only where the real ones cannot be pulled), then tests/containers.
 test-containers: install
 	deploy/ci/test-containers.sh
+
+# The UI test's browser, Debian's chromium: installed if missing when root (deploy/ci/chromium.sh).
+browser:
+	deploy/ci/chromium.sh
 
 bench: install
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

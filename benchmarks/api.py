@@ -6,6 +6,7 @@ proxy's fixed cost; `POST /api/flow_runs/filter` (50 runs) a real page the UI lo
 Caddy also compresses the response (what browsers get). The concurrent phase is bounded
 by both a request count and a time limit, in A-B-B-A rounds; note the Python client shares
 the two CPUs with the server, so req/s is a floor, and the ratio is what to read.
+Between the two phases, the access gate's own cost on an API call (benchmarks/gate_cost.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks import gate_cost
 from benchmarks.harness import BenchEnv, say
 from benchmarks.report import BenchResult, Figure
 from benchmarks.stats import rate, summarize
@@ -178,6 +180,7 @@ def run(env: BenchEnv, res: BenchResult) -> None:
                     n=int(proxy["n"]),
                 )
             )
+    gate_cost.run(env, res)
     say(
         f"api: concurrent phase, {plan.api_concurrency} connections, at most "
         f"{plan.api_concurrent_requests} requests / {plan.api_concurrent_seconds:g} s per call"

@@ -1,7 +1,8 @@
 """Team access on the real platform (docs/access.md): every role against every route of
 Prefect's OpenAPI through Caddy and the gate, a joined worker with its own `worker` login
-and S3 keys, revocation over HTTP and an open websocket, the audit log, and every user's
-own S3 keys and MLflow login by role (revoked within 5 s, rolled back on failure).
+and S3 keys, revocation over HTTP and an open websocket, the audit log, every user's own S3
+keys and MLflow login by role (revoked within 5 s, rolled back on failure), and Prefect's UI
+in a real headless Chromium (a viewer sees runs and cannot trigger one; an operator can).
 
 One platform for the module, the local worker off (the joined worker serves the pool), MLflow
 on, with the `extra` test project deployed to it.
@@ -27,6 +28,7 @@ import httpx
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from playwright.sync_api import Page, Response
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
@@ -37,6 +39,7 @@ from flowyard.config.context import Context
 from flowyard.services import seaweedfs
 from flowyard.services.caddy import tls_verify
 from flowyard.testing import running_platform
+from tests.integration import browser
 from tests.integration.conftest import flowyard_cli
 from tests.integration.netns import stop_joined_worker
 from tests.integration.runs import api, cli_ok, wait_state
@@ -411,3 +414,60 @@ def test_a_failed_join_file_leaves_no_identity(yard: Context, tmp_path: Path) ->
     assert yard.paths.users_file.read_bytes() == before
     config = json.loads(Path(seaweedfs.s3_config_path(yard)).read_text())
     assert "user-half" not in {i["name"] for i in config["identities"]}
+
+
+def _runs_of(ctx: Context, deployment_id: str) -> int:
+    body = {"deployments": {"id": {"any_": [deployment_id]}}}
+    return int(api(ctx, "POST", "/flow_runs/count", json=body))
+
+
+def _quick_run(page: Page, origin: str, deployment_id: str) -> Response:
+    """The deployment page's Run → Quick run, as a person clicks it; the API's answer."""
+    page.goto(f"{origin}/deployments/deployment/{deployment_id}")
+    page.locator(".run-menu__run-button").click(timeout=browser.TIMEOUT_MS)
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and r.url.endswith("/create_flow_run"),
+        timeout=browser.TIMEOUT_MS,
+    ) as answer:
+        page.get_by_text("Quick run", exact=True).click(timeout=browser.TIMEOUT_MS)
+    return answer.value
+
+
+def test_ui_viewer_sees_runs_and_cannot_trigger_one_operator_can(
+    yard: Context, logins: dict[str, str], tmp_path: Path
+) -> None:
+    """Prefect's own UI in a real headless Chromium, through Caddy (TLS pinned to the key the
+    platform CA certifies) and the gate, logged in through the UI's login box."""
+    deployed = flowyard_cli(yard, "deploy", str(EXTRA), "--json")
+    assert deployed.returncode == 0, deployed.stderr
+    dep = api(yard, "GET", "/deployments/name/hello/hello")
+    seen = f"ui-seen-{uuid.uuid4().hex[:8]}"
+    api(yard, "POST", f"/deployments/{dep['id']}/create_flow_run", json={"name": seen})
+    origin = yard.config.proxy.url
+    with browser.chromium(yard) as chromium:
+        for role in ("viewer", "operator"):
+            page = chromium.new_context().new_page()
+            page.set_default_timeout(browser.TIMEOUT_MS)
+            try:
+                browser.log_in(page, origin, logins[role])
+                # The runs page lists the run the admin made (read through the gate).
+                page.goto(f"{origin}/runs")
+                page.get_by_text(seen).first.wait_for(timeout=browser.TIMEOUT_MS)
+                before = _runs_of(yard, dep["id"])
+                answer = _quick_run(page, origin, dep["id"])
+                if role == "viewer":
+                    assert answer.status == 403, answer.text()
+                    assert answer.headers.get(REFUSED_HEADER.lower()) == "role"
+                    # The UI shows the gate's reason (Prefect's toast shows a refusal's detail).
+                    page.get_by_text("may not call").first.wait_for()
+                    time.sleep(2)  # anything that slipped through would have landed by now
+                    assert _runs_of(yard, dep["id"]) == before
+                else:
+                    assert answer.status == 201, answer.text()
+                    assert _runs_of(yard, dep["id"]) == before + 1
+                    assert api(yard, "GET", f"/flow_runs/{answer.json()['id']}")
+            except BaseException:
+                print(f"screenshot: {browser.screenshot(page, tmp_path, role)}")
+                raise
+            finally:
+                page.context.close()

@@ -9,11 +9,16 @@ import json
 from pathlib import Path
 
 import pytest
-from benchmarks import report
+from benchmarks import gate_cost, report
 from benchmarks.cli import parse_args
 from benchmarks.plan import ALL, make_plan
 from benchmarks.report import BenchResult, Figure
 from benchmarks.stats import percentile, rate, ratio, summarize
+
+from flowyard.config.context import Context
+from flowyard.config.model import LOOPBACK, FlowyardConfig
+from flowyard.config.secrets import Secrets
+from flowyard.services.caddyfile import Upstreams, render_caddyfile
 
 
 def test_percentile_interpolates_like_numpy() -> None:
@@ -134,3 +139,47 @@ def test_cli_arguments() -> None:
     assert args.quick and args.only == ["api", "s3"] and args.candidate == "process"
     with pytest.raises(SystemExit):
         parse_args(["--only", "nonsense"])
+
+
+def test_gate_cost_rows_and_goal() -> None:
+    """The gate's cost: with and without the gate (p50, p95), the added p50 judged against
+    the 2 ms goal (value / reference <= 1 meets it), the A/A control between the two Caddys,
+    the gate's own decision both ways."""
+    ms = 0.001
+    samples = {
+        "gate": [10 * ms, 11 * ms, 12 * ms],
+        "no gate": [9 * ms, 9.5 * ms, 10 * ms],
+        "gate alone": [0.5 * ms, 0.6 * ms, 0.7 * ms],
+        "gate alone, asyncio+h11": [0.8 * ms, 0.9 * ms, 1.0 * ms],
+        "control: platform's Caddy": [5 * ms, 5 * ms, 5 * ms],
+        "control: bench Caddy": [5 * ms, 5 * ms, 5 * ms],
+    }
+    rows, note = gate_cost.figures(samples)
+    by = {f.metric: f for f in rows}
+    assert len(by) == 5 and all(f.unit == "ms" and f.n == 3 for f in rows)
+    added = next(f for f in rows if "added p50" in f.metric)
+    assert added.value == pytest.approx(1.5) and added.reference == gate_cost.GOAL_MS
+    assert added.ratio is not None and added.ratio < 1 and "met" in note and "NOT" not in note
+    assert all(f.reference is not None for f in rows)  # the quick test expects a pair per row
+    samples["gate"] = [13 * ms, 14 * ms, 15 * ms]
+    _, note = gate_cost.figures(samples)
+    assert "NOT met" in note
+
+
+def test_gate_cost_compares_against_the_platforms_caddyfile_without_the_gate(
+    tmp_path: Path,
+) -> None:
+    """The bench-only Caddy is the renderer's own output with the gate taken out of /api/*,
+    on loopback ports of its own; the platform's Caddyfile keeps its forward_auth there."""
+    config = FlowyardConfig(home=tmp_path)
+    ctx = Context(config, Secrets.generate())
+    up = Upstreams.from_context(ctx)
+    platform = render_caddyfile(config, up)
+    ports = {"https_port": 31001, "http_port": 31002, "s3_https_port": 31003}
+    moved, bench = gate_cost.no_gate_caddyfile(config, up, ports, tmp_path / "bench")
+    assert "forward_auth" in gate_cost.api_route(platform)
+    assert "forward_auth" not in gate_cost.api_route(bench)
+    assert f"reverse_proxy {up.prefect}" in gate_cost.api_route(bench)
+    assert moved.proxy.url.endswith(":31001") and f"https_port {31001}" in bench
+    assert f"default_bind {LOOPBACK}" in bench and str(tmp_path / "bench") in bench
+    assert str(ctx.paths.socket("caddy-admin")) not in bench

@@ -91,7 +91,7 @@ def _site_addresses(host: str, port: int, extra_names: Sequence[str]) -> str:
 GATE_HEADERS = ("Authorization", "X-Flowyard-User", "X-Flowyard-Role")
 
 
-def _api_login(up: Upstreams) -> list[str]:
+def gate_check(up: Upstreams) -> list[str]:
     """A login with a role that may make this request, checked by the access gate
     (`flowyard.access.gate`), which answers 401 without a challenge."""
     return [
@@ -141,7 +141,7 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
         # run as a page of the UI's origin, where Prefect's UI keeps its login: a sandboxed
         # download, whatever the file holds.
         "\thandle_path /files/* {",
-        *_api_login(up),
+        *gate_check(up),
         "\t\theader {",
         '\t\t\tContent-Security-Policy "sandbox"',
         "\t\t\tContent-Disposition attachment",
@@ -154,11 +154,11 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
         # (served by Caddy itself, so its admin API stays private), for any login, checked
         # by the gate like /files/.
         "\thandle /metrics {",
-        *_api_login(up),
+        *gate_check(up),
         f"\t\treverse_proxy {up.metrics}",
         "\t}",
         "\thandle /metrics/caddy {",
-        *_api_login(up),
+        *gate_check(up),
         "\t\tmetrics",
         "\t}",
     ]
@@ -183,7 +183,7 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
     for route in ("handle /api/* {", "handle {"):
         main += [
             f"\t{route}",
-            *(_api_login(up) if route != "handle {" else []),
+            *(gate_check(up) if route != "handle {" else []),
             f"\t\treverse_proxy {up.prefect} {{",
             "\t\t\tflush_interval -1",
             "\t\t}",
