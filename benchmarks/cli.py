@@ -34,6 +34,7 @@ TITLES = {
     "tracking": "MLflow tracking",
     "dispatch": "Dispatch latency",
     "throughput": "Short-run throughput",
+    "gate": "The access gate on the worker's path",
     "simultaneous": "Simultaneous runs",
     "dask": "Dask tasks via the proxy",
 }
@@ -152,6 +153,7 @@ def run_all(env: Any, selected: list[str], results: list[BenchResult]) -> None:
         coldstart,
         dask_tasks,
         dispatch,
+        gate_path,
         s3,
         simultaneous,
         throughput,
@@ -165,6 +167,7 @@ def run_all(env: Any, selected: list[str], results: list[BenchResult]) -> None:
         "tracking": tracking.run,
         "dispatch": dispatch.run,
         "throughput": throughput.run,
+        "gate": gate_path.run,
         "simultaneous": simultaneous.run,
         "dask": dask_tasks.run,
     }

@@ -31,16 +31,25 @@ RUN_TIMEOUT_S = 180
 PHASES = ("PENDING", "RUNNING", "COMPLETED")
 
 
-async def _segment(
-    env: BenchEnv, kind: WorkerKind, role: str, count: int, samples: dict[str, list[float]]
+async def segment(
+    env: BenchEnv,
+    kind: WorkerKind,
+    role: str,
+    count: int,
+    samples: dict[str, list[float]],
+    deployment: str = "",
+    api: dict[str, str] | None = None,
 ) -> list[str]:
-    """`count` runs through one worker; appends seconds per phase; returns failures."""
+    """`count` runs of `deployment` (default: the role's) through one worker on the role's
+    pool, its Prefect client settings replaced by `api` if given; appends seconds per phase;
+    returns failures."""
     from prefect.deployments import arun_deployment
 
     ctx, plan = env.platform, env.plan
     failures: list[str] = []
+    deployment = deployment or f"dispatch-{role}"
     with running_worker(
-        ctx, kind, pool_name(role), kind.limit(plan.worker_limit), env.workdir
+        ctx, kind, pool_name(role), kind.limit(plan.worker_limit), env.workdir, api=api
     ) as worker:
         async with platform_client(ctx) as client:
             for _ in range(count):
@@ -50,7 +59,7 @@ async def _segment(
                 await asyncio.sleep(env.rng.uniform(0, plan.dispatch_jitter_s))
                 t0 = datetime.now(UTC)
                 run = await arun_deployment(
-                    f"{FLOW_NAME}/dispatch-{role}", client=client, timeout=0, as_subflow=False
+                    f"{FLOW_NAME}/{deployment}", client=client, timeout=0, as_subflow=False
                 )
                 timeout = min(RUN_TIMEOUT_S, env.deadline.remaining() - 10)
                 (final,) = await wait_terminal(client, [run.id], timeout=timeout, interval=0.25)
@@ -87,7 +96,7 @@ async def _run(env: BenchEnv, res: BenchResult) -> None:
     for role, kind, count in segments:
         if count:
             say(f"dispatch: {count} runs through the {role} worker ({kind.key})")
-            failures[role] += await _segment(env, kind, role, count, samples[role])
+            failures[role] += await segment(env, kind, role, count, samples[role])
     if any(failures.values()):
         res.status = "partial"
         res.notes.append(f"failures: {failures}")

@@ -15,6 +15,7 @@ ALL = (
     "tracking",
     "dispatch",
     "throughput",
+    "gate",
     "simultaneous",
     "dask",
 )
@@ -78,6 +79,7 @@ def make_plan(quick: bool, worker_limit: int | None = None) -> Plan:
                 "tracking": 120,
                 "dispatch": 300,
                 "throughput": 300,
+                "gate": 420,
                 "simultaneous": 300,
                 "dask": 240,
             },
@@ -107,6 +109,7 @@ def make_plan(quick: bool, worker_limit: int | None = None) -> Plan:
             "tracking": 600,
             "dispatch": 1800,
             "throughput": 1800,
+            "gate": 1500,
             "simultaneous": 900,
             "dask": 900,
         },

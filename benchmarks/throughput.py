@@ -42,13 +42,21 @@ async def _sample_peak_pss(pid: int, peak: dict[str, float], interval: float = 2
         await asyncio.sleep(interval)
 
 
-async def _batch(env: BenchEnv, kind: WorkerKind, role: str, deployment_id: UUID) -> dict[str, Any]:
+async def batch(
+    env: BenchEnv,
+    kind: WorkerKind,
+    role: str,
+    deployment_id: UUID,
+    api: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One batch of runs of `deployment_id` through one worker on the role's pool, its
+    Prefect client settings replaced by `api` if given."""
     ctx, plan = env.platform, env.plan
     server_pid = Supervisor(ctx.paths).pid()
     assert server_pid is not None
     n = plan.throughput_runs
     with running_worker(
-        ctx, kind, pool_name(role), kind.limit(plan.worker_limit), env.workdir
+        ctx, kind, pool_name(role), kind.limit(plan.worker_limit), env.workdir, api=api
     ) as worker:
         await asyncio.sleep(3)  # past the worker's start-up work
         idle_pss, _ = procs.tree_pss_bytes(worker.pid)
@@ -117,6 +125,6 @@ def run(env: BenchEnv, res: BenchResult) -> None:
     )
     try:
         what = f"{env.plan.throughput_runs} runs at once"
-        asyncio.run(run_both(env, res, "throughput", what, _batch))
+        asyncio.run(run_both(env, res, "throughput", what, batch))
     finally:
         add_figures(res, ROWS)

@@ -164,12 +164,21 @@ def _forget_workers(ctx: Context, pool: str) -> None:
 
 @contextmanager
 def running_worker(
-    ctx: Context, kind: WorkerKind, pool: str, limit: int, workdir: Path, ready_timeout: float = 90
+    ctx: Context,
+    kind: WorkerKind,
+    pool: str,
+    limit: int,
+    workdir: Path,
+    ready_timeout: float = 90,
+    api: dict[str, str] | None = None,
 ) -> Iterator[RunningWorker]:
-    """Start one worker for `pool`, wait until it registered, stop it (and its runs) after."""
+    """Start one worker for `pool`, wait until it registered, stop it (and its runs) after.
+    `api`: Prefect client settings that replace the worker's own (its runs inherit them),
+    e.g. another way to the same API (benchmarks/gate_path.py)."""
     home = workdir / f"worker-{kind.key}-{pool}"
     home.mkdir(parents=True, exist_ok=True)
     argv, env, cwd, name = _command(ctx, kind, pool, limit, home)
+    env = {**env, **(api or {})}
     _forget_workers(ctx, pool)
     log = home / "worker.log"
     with log.open("ab") as out:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from benchmarks import gate_cost, report
+from benchmarks import gate_cost, gate_path, report
 from benchmarks.cli import parse_args
 from benchmarks.plan import ALL, make_plan
 from benchmarks.report import BenchResult, Figure
@@ -164,6 +164,43 @@ def test_gate_cost_rows_and_goal() -> None:
     samples["gate"] = [13 * ms, 14 * ms, 15 * ms]
     _, note = gate_cost.figures(samples)
     assert "NOT met" in note
+
+
+def test_gate_path_rows_and_goal() -> None:
+    """The gate on the worker's path: dispatch and throughput with vs without the gate,
+    each judged against the 5 % goal in the right direction (latency lower, rate higher)."""
+    res = BenchResult("gate", "gate path")
+    phases = {"PENDING": [0.1, 0.1], "RUNNING": [0.50, 0.52], "COMPLETED": [0.9, 1.0]}
+    slower = {p: [v * 1.02 for v in vs] for p, vs in phases.items()}
+    batch = {"runs": 50, "all_completed": True, "platform_cpu_per_run_s": 0.3}
+    res.details = {
+        "samples_s": {"gate": slower, "no gate": phases},
+        "batches": {
+            # gate averaged over its two batches: 96 runs/min vs 100 (4 % fewer)
+            "gate": [{**batch, "runs_per_min": 95.0}, {**batch, "runs_per_min": 97.0}],
+            "no gate": [{**batch, "runs_per_min": 100.0}],
+        },
+        "failures": {"gate": [], "no gate": []},
+    }
+    gate_path._figures(res)
+    by_metric = {f.metric: f for f in res.figures}
+    running = by_metric["run_deployment → Running p50, with vs without the gate"]
+    assert running.ratio == pytest.approx(1.02)
+    rate = by_metric["short runs per minute, with vs without the gate"]
+    assert rate.value == pytest.approx(96.0) and rate.reference == 100.0
+    (goal,) = [n for n in res.notes if n.startswith("goal")]
+    assert "Running p50 +2.0 % (met)" in goal and "runs/min +4.0 % (met)" in goal
+    assert res.status == "ok"
+    res = BenchResult("gate", "gate path")
+    res.details = {
+        "batches": {
+            "gate": [{**batch, "runs_per_min": 90.0, "all_completed": False}],
+            "no gate": [{**batch, "runs_per_min": 100.0}],
+        }
+    }
+    gate_path._figures(res)
+    assert any("runs/min +10.0 % (NOT met)" in n for n in res.notes)
+    assert res.status == "partial"
 
 
 def test_gate_cost_compares_against_the_platforms_caddyfile_without_the_gate(
