@@ -400,7 +400,11 @@ def test_a_viewer_added_to_the_running_stack_reads_but_cannot_change(stack: Stac
     """docs/access.md, Under docker compose: `flowyard user add` against the home .env was
     made from, render `--env-file` again, `up -d`; the gate in the stack then knows the login,
     and refuses what the viewer role may not do before Prefect sees it."""
-    added = json.loads(stack.flowyard("user", "add", "vera", "--role", "viewer", "--json"))
+    # --prefect-only: the stack's S3 and MLflow have no per-user identities (and the home's
+    # native MLflow, which would make one, is not running).
+    added = json.loads(
+        stack.flowyard("user", "add", "vera", "--role", "viewer", "--prefect-only", "--json")
+    )
     stack.flowyard("render", "compose", "--env-file", "--out", str(stack.env_file.parent))
     assert stack.env_file.stat().st_mode & 0o077 == 0
     stack.compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "600", timeout=900)

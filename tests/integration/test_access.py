@@ -36,6 +36,8 @@ from flowyard.access import matrix
 from flowyard.access.gate import REFUSED_HEADER
 from flowyard.client.api import auth_header
 from flowyard.config.context import Context
+from flowyard.platform import identities
+from flowyard.services import mlflow as mlflow_service
 from flowyard.services import seaweedfs
 from flowyard.services.caddy import tls_verify
 from flowyard.testing import running_platform
@@ -393,6 +395,20 @@ def test_mlflow_logins_by_role_and_revocation(yard: Context, tmp_path: Path) -> 
     cli_ok(flowyard_cli(yard, "worker", "remove", "ml-worker"))
     with mlflow_api(yard, worker) as w:
         assert w.post("/runs/create", json=later_run).status_code == 401
+    # Removed while MLflow is off (a config without it): the login outlives the removal in
+    # MLflow's store, and MLflow's next start (its bootstrap) deletes it.
+    gone = add_person(yard, "ml-later", "viewer")
+    without_mlflow = yard.config.model_copy(
+        update={"mlflow": yard.config.mlflow.model_copy(update={"enabled": False})}
+    )
+    identities.remove(Context(config=without_mlflow, secrets=yard.secrets), "ml-later")
+    kept = (gone["mlflow_username"], gone["mlflow_password"])
+    with mlflow_api(yard, kept) as k:
+        assert k.get("/experiments/get", params={"experiment_id": experiment}).status_code == 200
+    assert "ml-later" in mlflow_service.bootstrap(yard)[-1]
+    with mlflow_api(yard, kept) as k:
+        assert k.get("/experiments/get", params={"experiment_id": experiment}).status_code == 401
+    assert not yard.paths.mlflow_revoked.exists()
     # Revoked: the MLflow login is refused at once.
     for name in ("ml-viewer", "ml-operator", "ml-admin"):
         cli_ok(flowyard_cli(yard, "user", "remove", name))

@@ -10,6 +10,7 @@ import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -196,6 +197,43 @@ def test_gate_decisions(tmp_path: Path) -> None:
     assert _ask(gate, "GET", "/files/report.csv", viewer)[0] == 200
     assert _ask(gate, "PUT", "/files/report.csv", viewer)[0] == 403
     assert _ask(gate, "GET", "/api/block_documents/x1?include_secrets=true", viewer)[0] == 403
+
+
+def _asgi(gate: Gate, kind: str, path: str, login: str) -> list[dict[str, Any]]:
+    """The messages the gate sends for one request to `path` (forward_auth's headers)."""
+    auth = "Basic " + base64.b64encode(login.encode()).decode()
+    headers = [
+        (b"x-forwarded-method", b"GET"),
+        (b"x-forwarded-uri", b"/api/flows/x1"),
+        (b"authorization", auth.encode()),
+    ]
+    scope = {"type": kind, "path": path, "headers": headers, "method": "GET"}
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"} if kind == "websocket" else {"type": "http.request"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(gate(scope, receive, send))  # type: ignore[arg-type]
+    return sent
+
+
+def test_the_gate_answers_forward_auth_only_at_check(tmp_path: Path) -> None:
+    """An allow carries the internal credential for Caddy to send upstream: a request that
+    reaches the gate any other way (Caddy proxies SSO's /auth/* to it; a websocket to any
+    path) is not found, and never gets the credential back."""
+    path = tmp_path / "users.toml"
+    viewer = add_user(path, ADMIN, "vera", "viewer")
+    gate = Gate(path, "internal:secret", None)
+    (start, _) = _asgi(gate, "http", "/check", viewer)
+    allowed = dict(start["headers"])
+    assert start["status"] == 200 and b"authorization" in allowed
+    for kind, where in (("http", "/auth/anything"), ("websocket", "/auth/x"), ("websocket", "/")):
+        (start, _) = _asgi(gate, kind, where, viewer)
+        assert start["status"] == 404, (kind, where)
+        assert b"authorization" not in dict(start["headers"])
 
 
 def test_wrong_keys_from_one_address_are_cut_off_before_verifying(

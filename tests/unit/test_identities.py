@@ -12,8 +12,8 @@ import pytest
 
 from flowyard.config.context import Context
 from flowyard.config.load import load_config
-from flowyard.config.secrets import Secrets
-from flowyard.config.users import User, load_users, new_s3_keys, save_users
+from flowyard.config.secrets import PLATFORM_WORKER, Secrets
+from flowyard.config.users import User, load_users, new_s3_keys, save_users, users_text
 from flowyard.errors import FlowyardError
 from flowyard.platform import identities
 from flowyard.services import seaweedfs
@@ -143,3 +143,34 @@ def test_a_user_with_an_mlflow_login_is_removed_after_mlflow_is_turned_off(tmp_p
     save_users(ctx.paths.users_file, {"ml": User("ml", "viewer", "h", "t", mlflow=True)})
     assert identities.remove(ctx, "ml").mlflow
     assert "ml" not in load_users(ctx.paths.users_file)
+    # Its MLflow login is deleted at MLflow's next start (tested against MLflow itself in
+    # tests/integration/test_access.py).
+    assert ctx.paths.mlflow_revoked.read_text().split() == ["ml"]
+    assert stat.S_IMODE(ctx.paths.mlflow_revoked.stat().st_mode) == 0o600
+
+
+def test_the_platform_logins_are_neither_made_nor_removed_by_hand(tmp_path: Path) -> None:
+    """`user add|remove` and `worker join-file|remove` go through `identities`: the platform
+    workers' login and SSO session names are refused there as in users.toml's own API."""
+    ctx = platform(tmp_path, mlflow={"enabled": False})
+    save_users(ctx.paths.users_file, {})
+    identities.add(ctx, "otto", "operator")
+    before = snapshot(ctx.paths.home)
+    for name in (PLATFORM_WORKER, "sso.mallory.abc123"):
+        with pytest.raises(FlowyardError) as err:
+            identities.add(ctx, name, "admin")
+        assert name in err.value.message
+    with pytest.raises(FlowyardError) as err:
+        identities.remove(ctx, PLATFORM_WORKER)
+    assert "platform's own workers' login" in err.value.message
+    assert snapshot(ctx.paths.home) == before
+
+
+def test_the_compose_copy_of_the_logins_carries_no_s3_keys(tmp_path: Path) -> None:
+    ctx = platform(tmp_path, mlflow={"enabled": False})
+    minted = identities.add(ctx, "otto", "operator")
+    users = load_users(ctx.paths.users_file)
+    text = users_text(users, s3=False)
+    assert minted.user.s3_secret_key not in text and minted.user.s3_access_key not in text
+    assert minted.user.key_hash in text
+    assert minted.user.s3_secret_key in users_text(users)

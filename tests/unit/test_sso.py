@@ -15,6 +15,7 @@ import pytest
 
 from flowyard.access.logins import Logins
 from flowyard.access.sso import identity_of, role_for
+from flowyard.compose.render import write_files
 from flowyard.config.context import Context
 from flowyard.config.load import load_config
 from flowyard.config.secrets import Secrets
@@ -169,3 +170,14 @@ def test_caddyfile_serves_the_sso_pages_from_the_gate_without_forward_auth(
         check=True,
     )
     assert "/auth/*" in json.dumps(json.loads(adapted.stdout))
+
+
+def test_compose_files_are_refused_with_sso_on(tmp_path: Path) -> None:
+    """SSO sessions live in the native users.toml; the compose stack's copy is fixed until
+    it is recreated: rendering compose with SSO on is refused with the fix, writing nothing."""
+    config = _load(tmp_path, GOOD)
+    out = tmp_path / "out"
+    with pytest.raises(FlowyardError) as err:
+        write_files(config, out)  # type: ignore[arg-type]
+    assert "access.sso.enabled" in err.value.message and "enabled = false" in (err.value.fix or "")
+    assert not out.exists()

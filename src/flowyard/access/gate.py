@@ -12,7 +12,6 @@ decision with a cached login costs a dictionary lookup and a few regex matches.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -34,6 +33,8 @@ ROLE_HEADER = "x-flowyard-role"
 # On the gate's own refusals, so a client (and the tests) can tell them from Prefect's.
 REFUSED_HEADER = "x-flowyard-refused"
 API_PREFIX = "/api"
+# Where Caddy's forward_auth asks (services.caddyfile); the gate answers nothing else there.
+CHECK_PATH = "/check"
 # Names the SSO settings file (flowyard.access.sso); absent when SSO is off.
 SSO_FILE_VAR = "FLOWYARD_SSO_FILE"
 
@@ -70,6 +71,12 @@ class Gate:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+            return
+        if scope["path"] != CHECK_PATH:
+            # Only Caddy's forward_auth question is answered: an allow carries the internal
+            # credential for Caddy to send upstream, so a request Caddy merely proxies here
+            # (SSO's /auth/*, a websocket to any path) must never get one back.
+            await _not_found(scope, send)
             return
         method = headers.get("x-forwarded-method", "GET").upper()
         uri = urlsplit(headers.get("x-forwarded-uri", "/"))
@@ -108,24 +115,17 @@ class Gate:
             )
         if decision.klass == PUBLIC:
             return 200, {USER_HEADER: "-"}
-        auth = headers.get("authorization")
-        # A cached login first, at once; a miss costs an argon2 verification (~0.2 s of
-        # CPU), made off the event loop so other requests are not held up.
-        user = self.logins.check_basic(auth, verify=False)
-        if user is None and auth:
-            # Caddy sets X-Forwarded-For to the client's address (it trusts no incoming one).
-            client = headers.get("x-forwarded-for", "-").split(",")[-1].strip()
-            try:
-                user = await asyncio.to_thread(self.logins.check_basic, auth, True, client)
-            except TooManyFailures as exc:
-                self._audit("-", method, decision.route, path, 429)
-                return 429, {
-                    "content-type": "application/json",
-                    "retry-after": str(max(1, round(exc.retry_after))),
-                    REFUSED_HEADER: "login",
-                    "x-detail": f"Flowyard: too many failed logins from {client}; retry in "
-                    f"{max(1, round(exc.retry_after))} s.",
-                }
+        try:
+            user = await self.logins.check_request(headers)
+        except TooManyFailures as exc:
+            self._audit("-", method, decision.route, path, 429)
+            return 429, {
+                "content-type": "application/json",
+                "retry-after": str(exc.seconds),
+                REFUSED_HEADER: "login",
+                "x-detail": f"Flowyard: too many failed logins from this address; retry in "
+                f"{exc.seconds} s.",
+            }
         if user is None:
             self._audit("-", method, decision.route, path, 401)
             # No WWW-Authenticate challenge, as Prefect itself answers: browsers keep no
@@ -148,6 +148,13 @@ class Gate:
     def _audit(self, user: str, method: str, route: str, path: str, status: int) -> None:
         if self.writer is not None:
             self.writer.record(user, method, route, path, status, "gate")
+
+
+async def _not_found(scope: Scope, send: Send) -> None:
+    kind = "http" if scope["type"] == "http" else "websocket.http"
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": f"{kind}.response.start", "status": 404, "headers": headers})
+    await send({"type": f"{kind}.response.body", "body": b'{"detail": "Not Found"}'})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs
 
 from flowyard.access import audit
 from flowyard.access.gate import SSO_FILE_VAR
-from flowyard.access.logins import Logins
+from flowyard.access.logins import Logins, TooManyFailures
 from flowyard.config.secrets import require_private
 from flowyard.config.users import SESSION_PREFIX, add_session, remove_session, session_name
 
@@ -223,9 +223,10 @@ class Sso:
     async def logout(self, headers: dict[str, str]) -> Response:
         """Ends the SSO session whose login the request carries (the logout page sends the
         one the UI keeps). Logins of people and workers are never removed here."""
-        user = self.logins.check_basic(headers.get("authorization"), verify=False)
-        if user is None and headers.get("authorization"):
-            user = await asyncio.to_thread(self.logins.check_basic, headers["authorization"])
+        try:
+            user = await self.logins.check_request(headers)
+        except TooManyFailures as exc:
+            return 429, {**_NO_STORE, "retry-after": str(exc.seconds)}, b""
         if user is None or not user.name.startswith(SESSION_PREFIX):
             return 204, dict(_NO_STORE), b""
         await asyncio.to_thread(remove_session, self.users_file, user.name)

@@ -28,6 +28,12 @@ def add(
     name: str = typer.Argument(..., help="The login name (lower-case)."),
     role: str = typer.Option(..., "--role", help=f"One of: {', '.join(PERSON_ROLES)}."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    prefect_only: bool = typer.Option(
+        False,
+        "--prefect-only",
+        help="Only the Prefect login: no S3 keys, no MLflow login (a compose stack's home, "
+        "whose S3 and MLflow have no per-user identities; needs nothing running).",
+    ),
     home: Path | None = HomeOption,
 ) -> None:
     """Create a person: Prefect login, S3 keys and MLflow login, printed once."""
@@ -38,7 +44,7 @@ def add(
             "`flowyard worker join-file`).",
         )
     ctx = load_context(resolve_home(home))
-    minted = identities.add(ctx, name, role)
+    minted = identities.add(ctx, name, role, prefect_only)
     user, login = minted.user, minted.prefect_auth_string
     out: dict[str, str] = {"name": name, "role": role, "prefect_auth_string": login}
     if user.s3_access_key:

@@ -14,7 +14,7 @@ from flowyard.config.context import load_context
 from flowyard.config.load import load_config
 from flowyard.config.paths import Paths, default_home
 from flowyard.config.secrets import load_secrets
-from flowyard.config.users import ensure_platform_logins
+from flowyard.config.users import ensure_platform_logins, load_users, users_text
 from flowyard.kubernetes.pods import pool_namespace
 from flowyard.kubernetes.render import (
     CONFIGMAP_FILE,
@@ -57,7 +57,8 @@ def compose(
     users = ""
     if secrets is not None:
         ensure_platform_logins(paths.users_file, secrets)
-        users = paths.users_file.read_text()
+        # Without the S3 secret keys: the containers only check logins.
+        users = users_text(load_users(paths.users_file), s3=False)
     source = paths.config_file if paths.config_file.exists() else "defaults (no flowyard.toml)"
     console.print(f"Config: {source}")
     for path in write_files(config, out, secrets, users):

@@ -39,6 +39,13 @@ def join_file(
         "--name",
         help="The worker's login name, for `flowyard worker remove` (default: worker-POOL-xxxxxx).",
     ),
+    prefect_only: bool = typer.Option(
+        False,
+        "--prefect-only",
+        help="Only its own Prefect login; the file carries the flows' shared S3 keys and "
+        "MLflow login (a compose stack's home, whose S3 and MLflow have no per-user "
+        "identities; needs nothing running).",
+    ),
     home: Path | None = HomeOption,
 ) -> None:
     """Write the file a remote worker joins with (URL, CA, its own logins and keys, pool)."""
@@ -53,7 +60,7 @@ def join_file(
             fix="Give --out a path in an existing, writable directory.",
         )
     users_existed = ctx.paths.users_file.exists()
-    minted = identities.add(ctx, login_name, "worker")
+    minted = identities.add(ctx, login_name, "worker", prefect_only)
     info.auth_string = minted.prefect_auth_string
     if minted.user.s3_access_key:
         # Its own S3 identity (role worker, the flows' actions) instead of the shared one.
@@ -66,10 +73,11 @@ def join_file(
     try:
         info.write(out)
     except OSError as exc:
-        # Nothing half-made: the identities go again (and the users file, if this made it).
-        identities.remove(ctx, login_name)
+        # Nothing half-made: the identities go again (and the users file, if this made it);
+        # a failure there must not hide why the file could not be written.
+        identities.quietly(lambda: identities.remove(ctx, login_name))
         if not users_existed:
-            ctx.paths.users_file.unlink()
+            ctx.paths.users_file.unlink(missing_ok=True)
         raise FlowyardError(
             f"Cannot write the join file {out}: {exc.strerror}.",
             fix="Give --out a path in an existing, writable directory.",

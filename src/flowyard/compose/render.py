@@ -27,6 +27,7 @@ from flowyard.compose.yaml_emit import MERGE, Tagged, dump
 from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK, FlowyardConfig
 from flowyard.config.secrets import Secrets
+from flowyard.errors import FlowyardError
 from flowyard.files import write_private
 from flowyard.services.caddyfile import Upstreams, render_caddyfile
 
@@ -266,6 +267,15 @@ file holds no secret value. Guide: docs/containers.md."""
 
 def render_files(config: FlowyardConfig, out_dir: Path) -> dict[str, str]:
     """File name -> content, for everything `flowyard render compose` writes (but .env)."""
+    if config.access.sso.enabled:
+        # The stack's gate reads the logins .env carries, fixed until it is recreated, so it
+        # cannot keep the sessions an SSO login mints (docs/access.md, SSO).
+        raise FlowyardError(
+            "access.sso.enabled is true, but SSO runs natively only: the compose stack "
+            "cannot hold its sessions.",
+            fix="Set [access.sso] enabled = false in flowyard.toml for the compose files, or "
+            "run the platform natively (`flowyard up`).",
+        )
     build_dir = build_context(out_dir)
     dev = model(config, production=False, build_dir=build_dir)
     prod = production_override(config, build_dir)
@@ -303,11 +313,12 @@ def write_files(
 ) -> list[Path]:
     """Writes `render_files`, and `.env` when `secrets` are given (with `users`, the home's
     users.toml)."""
+    rendered = render_files(config, out_dir)  # first: a refused config writes nothing
     # files/ is bind-mounted into Caddy (the design's static files); made here so Docker
     # does not create it owned by root.
     (out_dir / "files").mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in render_files(config, out_dir).items():
+    for name, text in rendered.items():
         path = out_dir / name
         path.write_text(text)
         written.append(path)

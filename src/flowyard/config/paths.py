@@ -58,6 +58,12 @@ class Paths:
         return self.home / "users.toml"
 
     @property
+    def mlflow_revoked(self) -> Path:
+        """Names whose MLflow login outlived their removal (removed while MLflow was off):
+        deleted from MLflow's store at its next start (`services.mlflow.bootstrap`)."""
+        return self.home / "mlflow-revoked.txt"
+
+    @property
     def sso_client_secret(self) -> Path:
         """The OpenID Connect client secret (`flowyard user sso-secret`), owner-only; read by
         the access gate when `[access.sso]` is enabled (none: a public client, PKCE only)."""

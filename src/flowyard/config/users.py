@@ -144,14 +144,20 @@ def load_users(path: Path) -> dict[str, User]:
 
 def save_users(path: Path, users: dict[str, User]) -> None:
     """Owner-only, atomically (the gate and the API re-read it when it changes)."""
-    body = {"users": {u.name: _entry(u) for u in sorted(users.values(), key=lambda u: u.name)}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_private(path, HEADER + tomli_w.dumps(body))
+    write_private(path, users_text(users))
 
 
-def _entry(u: User) -> dict[str, object]:
+def users_text(users: dict[str, User], s3: bool = True) -> str:
+    """users.toml's text; without the S3 keys (`s3=False`) for a copy that only checks
+    logins (the compose stack's gate and API, which serve no S3)."""
+    ordered = sorted(users.values(), key=lambda u: u.name)
+    return HEADER + tomli_w.dumps({"users": {u.name: _entry(u, s3) for u in ordered}})
+
+
+def _entry(u: User, s3: bool = True) -> dict[str, object]:
     entry: dict[str, object] = {"role": u.role, "key": u.key_hash, "created": u.created}
-    if u.s3_access_key:
+    if u.s3_access_key and s3:
         entry |= {"s3_access_key": u.s3_access_key, "s3_secret_key": u.s3_secret_key}
     if u.mlflow:
         entry["mlflow"] = True
@@ -217,8 +223,8 @@ def ensure_platform_worker(path: Path, admin_auth_string: str, worker_auth_strin
         save_users(path, users)
 
 
-def add_user(path: Path, admin_auth_string: str, name: str, role: str) -> str:
-    """Create `name` with `role`; returns its login `NAME:KEY` (the only time it exists)."""
+def check_new_user(name: str, role: str) -> None:
+    """What `flowyard user add` and `worker join-file` refuse before anything is written."""
     check_name(name)
     if name == PLATFORM_WORKER:
         raise FlowyardError(
@@ -232,6 +238,28 @@ def add_user(path: Path, admin_auth_string: str, name: str, role: str) -> str:
         )
     if role not in ROLES:
         raise FlowyardError(f"Unknown role {role!r}.", fix=f"Use one of: {', '.join(ROLES)}.")
+
+
+def check_removable(name: str, admin_auth_string: str) -> None:
+    """The platform's own logins stay: its workers' and its commands'."""
+    if name == PLATFORM_WORKER:
+        raise FlowyardError(
+            f"User {name!r} is the platform's own workers' login (prefect_worker_auth_string "
+            "in secrets.toml): the local worker, the Dask workers, Kubernetes pods and their "
+            "flow runs use it.",
+            fix="Keep it; `flowyard down` stops the local worker if you want it gone.",
+        )
+    if name == admin_auth_string.partition(":")[0]:
+        raise FlowyardError(
+            f"User {name!r} is the platform's own login (prefect_auth_string in "
+            "secrets.toml): `flowyard` commands use it.",
+            fix="Keep it; remove the people and workers you added instead.",
+        )
+
+
+def add_user(path: Path, admin_auth_string: str, name: str, role: str) -> str:
+    """Create `name` with `role`; returns its login `NAME:KEY` (the only time it exists)."""
+    check_new_user(name, role)
     with editing(path):
         users = ensure_locked(path, admin_auth_string)
         if name in users:
@@ -246,20 +274,7 @@ def add_user(path: Path, admin_auth_string: str, name: str, role: str) -> str:
 
 
 def remove_user(path: Path, admin_auth_string: str, name: str) -> User:
-    platform_login = admin_auth_string.partition(":")[0]
-    if name == PLATFORM_WORKER:
-        raise FlowyardError(
-            f"User {name!r} is the platform's own workers' login (prefect_worker_auth_string "
-            "in secrets.toml): the local worker and its flow runs use it.",
-            fix="Keep it; `flowyard down` stops the local worker if you want it gone.",
-        )
-    if name == platform_login:
-        # The server's own commands log in with it.
-        raise FlowyardError(
-            f"User {name!r} is the platform's own login (prefect_auth_string in "
-            "secrets.toml): `flowyard` commands use it.",
-            fix="Keep it; remove the people and workers you added instead.",
-        )
+    check_removable(name, admin_auth_string)
     with editing(path):
         users = ensure_locked(path, admin_auth_string)
         if name not in users:

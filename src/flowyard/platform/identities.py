@@ -23,6 +23,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from xmlrpc.client import Error as RpcError
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -56,10 +57,18 @@ def owns_s3(ctx: Context) -> bool:
     return ctx.config.object_store.kind == "seaweedfs"
 
 
-def add(ctx: Context, name: str, role: str) -> Minted:
-    users_file.check_name(name)
-    if role not in ROLES:
-        raise FlowyardError(f"Unknown role {role!r}.", fix=f"Use one of: {', '.join(ROLES)}.")
+# The fix when MLflow is down at `add`: the platform up, or a login without the per-user
+# identities (a compose stack's home: its S3 and MLflow have none, docs/access.md).
+ADD_FIX = (
+    "Start the platform (`flowyard up`) and run the command again; nothing was changed. "
+    "For a compose stack's home (or a Prefect login alone), add --prefect-only."
+)
+
+
+def add(ctx: Context, name: str, role: str, prefect_only: bool = False) -> Minted:
+    """Mint `name`'s logins; `prefect_only`: its Prefect login alone (no S3 keys, no MLflow
+    login), which needs nothing running."""
+    users_file.check_new_user(name, role)
     path = ctx.paths.users_file
     admin = ctx.secrets.prefect_auth_string.get_secret_value()
     with users_file.editing(path):
@@ -70,8 +79,8 @@ def add(ctx: Context, name: str, role: str) -> Minted:
                 fix=f"Remove it first (`flowyard user remove {name}`) to give it a new key.",
             )
         key = users_file.new_key()
-        s3 = users_file.new_s3_keys() if owns_s3(ctx) else ("", "")
-        with_mlflow = wants_mlflow(ctx, role)
+        s3 = users_file.new_s3_keys() if owns_s3(ctx) and not prefect_only else ("", "")
+        with_mlflow = wants_mlflow(ctx, role) and not prefect_only
         user = User(
             name,
             role,  # type: ignore[arg-type]
@@ -85,6 +94,7 @@ def add(ctx: Context, name: str, role: str) -> Minted:
         if with_mlflow:
             password = users_file.new_key()
             # First: it is the step that needs the running server, and it undoes itself.
+            mlflow.check_running(ctx, f"create the MLflow login {name!r}", fix=ADD_FIX)
             mlflow.create_user(ctx, name, password, role)
         after = {**before, name: user}
         try:
@@ -93,9 +103,9 @@ def add(ctx: Context, name: str, role: str) -> Minted:
         except BaseException:
             # Nothing half-made: back to the users and identities there were.
             users_file.save_users(path, before)
-            _quietly(lambda: apply_s3(ctx, before, revoked=[user]))
+            quietly(lambda: apply_s3(ctx, before, revoked=[user]))
             if with_mlflow:
-                _quietly(lambda: mlflow.delete_user(ctx, name, missing_ok=True))
+                quietly(lambda: mlflow.delete_user(ctx, name, missing_ok=True))
             raise
     return Minted(user, f"{name}:{key}", password)
 
@@ -104,13 +114,7 @@ def remove(ctx: Context, name: str) -> User:
     """Revoke everything of `name`: Prefect login, S3 keys, MLflow login."""
     path = ctx.paths.users_file
     admin = ctx.secrets.prefect_auth_string.get_secret_value()
-    if name == admin.partition(":")[0]:
-        # The local worker, its flow runs and the server's own commands log in with it.
-        raise FlowyardError(
-            f"User {name!r} is the platform's own login (prefect_auth_string in "
-            "secrets.toml): the local worker, its flow runs and `flowyard` commands use it.",
-            fix="Keep it; remove the people and workers you added instead.",
-        )
+    users_file.check_removable(name, admin)
     with users_file.editing(path):
         before = users_file.ensure_locked(path, admin)
         if name not in before:
@@ -118,16 +122,21 @@ def remove(ctx: Context, name: str) -> User:
                 f"No user {name!r}.", fix="`flowyard user list` shows the users there are."
             )
         user = before[name]
-        # With MLflow turned off since, its login stays in MLflow's (unserved) store.
         with_mlflow = user.mlflow and ctx.config.mlflow.enabled
+        if user.mlflow and not with_mlflow:
+            # MLflow turned off since: its login stays in MLflow's (unserved) store until
+            # MLflow's next start deletes it, before anyone can use it again.
+            mlflow.revoke_later(ctx, name)
         if with_mlflow:
             # Refused up front, before anything changes, when MLflow is down.
             mlflow.check_running(ctx, f"remove the MLflow login {name!r}")
+        if with_mlflow:
+            # First: while the user is still listed, a failure here leaves everything in
+            # place, and `remove` again finishes the job (a missing login is no error).
+            mlflow.delete_user(ctx, name, missing_ok=True)
         after = {n: u for n, u in before.items() if n != name}
         users_file.save_users(path, after)  # the Prefect login: refused on the next request
         apply_s3(ctx, after, revoked=[user], wait_for=(user, False))
-        if with_mlflow:
-            mlflow.delete_user(ctx, name, missing_ok=True)
     return user
 
 
@@ -139,13 +148,19 @@ def apply_s3(
 ) -> None:
     """Make the running S3 gateway hold exactly `users`' identities (plus the platform's).
 
-    When weed is not running nothing is written: `flowyard up` renders the file from
-    users.toml before it starts weed. `wait_for` = (user, present): wait until that user's
-    key is accepted (present) or refused. `revoked` users are overwritten with a key no one
-    holds (`seaweedfs.render_s3_config`)."""
-    if not owns_s3(ctx) or not _weed_running(ctx):
+    The identity file is written whenever it exists (weed may be starting or restarting,
+    and reads it then); weed is signalled and waited for only when it runs: otherwise
+    `flowyard up` renders the file from users.toml before it starts weed.
+    `wait_for` = (user, present): wait until that user's key is accepted (present) or
+    refused. `revoked` users are overwritten with a key no one holds
+    (`seaweedfs.render_s3_config`)."""
+    if not owns_s3(ctx):
         return
-    seaweedfs.write_s3_config(ctx, users.values(), revoked or [])
+    running = _weed_running(ctx)
+    if running or Path(seaweedfs.s3_config_path(ctx)).exists():
+        seaweedfs.write_s3_config(ctx, users.values(), revoked or [])
+    if not running:
+        return
     try:
         Supervisor(ctx.paths).signal_process(seaweedfs.NAME, "HUP")
     except (OSError, RpcError) as exc:
@@ -193,7 +208,7 @@ def _s3_accepts(ctx: Context, user: User) -> bool:
     return True
 
 
-def _quietly(step: Callable[[], object]) -> None:
+def quietly(step: Callable[[], object]) -> None:
     """A rollback step: its own failure must not hide the error that caused the rollback
     (which the caller re-raises)."""
     with contextlib.suppress(Exception):

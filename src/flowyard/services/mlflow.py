@@ -8,6 +8,7 @@ no background job runner (MLflow's defaults idle near 3 GB).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -329,7 +330,28 @@ def bootstrap(ctx: Context) -> list[str]:
         # Missing (a home from before flows had their own login) or a changed password.
         _sync_flows_user_through_server(ctx)
         done.append(f"user {FLOWS_USER!r} (flow runs, not an admin) synced from secrets.toml")
+    revoked = _revoked(ctx)
+    for name in revoked:
+        delete_user(ctx, name, missing_ok=True)
+    if revoked:
+        ctx.paths.mlflow_revoked.unlink()
+        done.append(f"deleted the MLflow logins of removed users: {', '.join(revoked)}")
     return done
+
+
+def revoke_later(ctx: Context, name: str) -> None:
+    """Remember that `name`'s MLflow login must go (the user was removed while MLflow was
+    off): `bootstrap` deletes it when MLflow next starts (`flowyard up`)."""
+    names = _revoked(ctx)
+    if name not in names:
+        write_private(ctx.paths.mlflow_revoked, "".join(f"{n}\n" for n in [*names, name]))
+
+
+def _revoked(ctx: Context) -> list[str]:
+    try:
+        return ctx.paths.mlflow_revoked.read_text().split()
+    except FileNotFoundError:
+        return []
 
 
 def service(ctx: Context) -> Service:
@@ -390,9 +412,13 @@ def _refused(what: str, r: httpx.Response) -> FlowyardError:
     )
 
 
-def check_running(ctx: Context, what: str) -> None:
-    """Raise the clear error before anything is changed when the server is down."""
-    r = _api(ctx, "GET", "experiments/search", what, params={"max_results": 1})
+def check_running(ctx: Context, what: str, fix: str | None = None) -> None:
+    """Raise the clear error (with `fix`, if given) before anything is changed when the
+    server is down."""
+    try:
+        r = _api(ctx, "GET", "experiments/search", what, params={"max_results": 1})
+    except FlowyardError as exc:
+        raise FlowyardError(exc.message, fix=fix or exc.fix) from exc
     if not r.is_success:
         raise _refused(what, r)
 
@@ -422,7 +448,9 @@ def create_user(ctx: Context, name: str, password: str, role: str) -> None:
             if not r.is_success:
                 raise _refused(what, r)
     except BaseException:
-        delete_user(ctx, name, missing_ok=True)
+        # Its own failure must not hide the error that made the rollback.
+        with contextlib.suppress(Exception):
+            delete_user(ctx, name, missing_ok=True)
         raise
 
 
