@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from prefect_dask import DaskTaskRunner
 
+from flowyard import dask_comms
+
 if TYPE_CHECKING:
     from distributed import Worker
 
@@ -104,48 +106,9 @@ def dask_setup(worker: Worker) -> None:
     load_prefect_collections()
 
 
-def _bind_websocket_listeners_to_their_host() -> None:
-    """Make Dask's `wss://` listener bind the host it is given.
-
-    distributed 2026.8.0's `WSListener.start` calls `HTTPServer.listen(port)` with no
-    address, so a worker told `--listen-address wss://127.0.0.1:PORT` listens on every
-    interface (mutual TLS still guards it, but only the proxy may listen beyond loopback).
-    This registers the same backend with a listener that passes its host. Preloads are
-    imported before the worker listens, which is why this runs at import.
-    """
-    import weakref
-
-    from distributed.comm.registry import backends
-    from distributed.comm.ws import WSHandler, WSSBackend, WSSListener
-    from tornado import web
-    from tornado.httpserver import HTTPServer
-
-    class BoundWSSListener(WSSListener):
-        async def start(self) -> None:
-            node = getattr(self.handler, "__self__", None)
-            shared = getattr(node, "http_server", None)
-            if shared is not None and shared.port == self.port:
-                # The node's own HTTP server, already bound (the scheduler's case).
-                await super().start()
-                return
-            handler_args = {
-                "handler": self.handler,
-                "deserialize": self.deserialize,
-                "allow_offload": self.allow_offload,
-                "listener": weakref.ref(self),
-            }
-            self.server = HTTPServer(
-                web.Application([(r"/", WSHandler, handler_args)]), **self.server_args
-            )
-            self.server.listen(self.port, address=self.ip or None)
-
-    class BoundWSSBackend(WSSBackend):
-        _listener_class = BoundWSSListener
-
-    backends["wss"] = BoundWSSBackend()
-
-
-_bind_websocket_listeners_to_their_host()
+# What every Dask process of the platform needs from its comms (flowyard.dask_comms): on
+# import, like this module's own changes below.
+dask_comms.install()
 
 
 # Prefect's own functions this module replaces, by name: tests compare their answers.
@@ -243,6 +206,49 @@ def _cache_prefect_context_costs() -> None:
             yield
 
     task_engine.hydrated_context = hydrated_context
+    _share_the_api_clients_tls_context()
+
+
+def _share_the_api_clients_tls_context() -> None:
+    """Each task on a Dask worker makes two new sync Prefect clients (its flow-run context's
+    and its client context's), and each builds a new `ssl.SSLContext` from the CA file:
+    about 12 % of a tiny task's time on the worker (py-spy). The context is the same for the
+    same CA file, and an SSLContext is safe to share between clients and threads, so the
+    clients get one per CA file (and its modification time); verification stays on, as
+    Prefect would set it up (`test_dask.py` compares the two)."""
+    import ssl
+
+    import certifi
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
+
+    init = PREFECT_ORIGINALS.setdefault("SyncPrefectClient.__init__", SyncPrefectClient.__init__)
+
+    @functools.lru_cache(maxsize=8)
+    def verified(cafile: str, mtime_ns: int) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=cafile)  # Prefect's own call
+
+    def shared_context() -> ssl.SSLContext | None:
+        if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
+            return None  # Prefect's own unverified context, as the user asked
+        cafile = PREFECT_API_SSL_CERT_FILE.value() or certifi.where()
+        try:
+            return verified(cafile, os.stat(cafile).st_mtime_ns)
+        except OSError:
+            return None  # Prefect's own path, and its own error
+
+    @functools.wraps(init)
+    def client_init(
+        self: SyncPrefectClient, api: Any, *args: Any, httpx_settings: Any = None, **kw: Any
+    ) -> None:
+        settings = dict(httpx_settings or {})
+        if isinstance(api, str) and not settings.get("verify"):
+            context = shared_context()
+            if context is not None:
+                settings["verify"] = context
+        init(self, api, *args, httpx_settings=settings or None, **kw)
+
+    SyncPrefectClient.__init__ = client_init  # type: ignore[method-assign]
 
 
 _cache_prefect_context_costs()

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import ssl
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
 
-from flowyard.client.env import DASK_TLS_KEYS, platform_client_env, worker_client_env
+from flowyard.client.env import (
+    DASK_TLS_KEYS,
+    DASK_WORKER_ENV,
+    platform_client_env,
+    worker_client_env,
+)
 from flowyard.client.joinfile import JoinInfo
 from flowyard.config.context import Context
 from flowyard.config.load import load_config
@@ -69,6 +77,8 @@ def test_services_order_and_commands_keep_every_port_on_loopback_and_tls(tmp_pat
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     # The HTTP routes share the comm port, so they sit behind the same certificate check.
     assert argv[argv.index("--dashboard-address") + 1] == f"127.0.0.1:{port}"
+    # The comm fixes without Prefect (flowyard.dask_comms, a leaf that imports no Prefect).
+    assert argv[argv.index("--preload") + 1] == "flowyard.dask_comms"
     for env in (scheduler.env, dask_service.worker_env(ctx)):
         assert env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
         assert env[DASK_TLS_KEYS["ca_file"]] == str(dask_service.data(ctx) / "ca.crt")
@@ -83,6 +93,22 @@ def test_services_order_and_commands_keep_every_port_on_loopback_and_tls(tmp_pat
     wenv = dask_service.worker_env(ctx)
     assert wenv["PREFECT_API_URL"] == worker_client_env(ctx)["PREFECT_API_URL"]
     assert "DASK_SCHEDULER_ADDRESS" not in wenv
+    # Tasks' INFO logs go to the API only (DASK_WORKER_ENV): Prefect's env override of its
+    # logging.yml turns the console handler's level up.
+    assert wenv["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] == "WARNING"
+    probe = (
+        "import logging; from prefect.logging.configuration import setup_logging; "
+        "setup_logging(); print([h.level for n in ('prefect', None) "
+        "for h in logging.getLogger(n).handlers if type(h).__name__ == 'PrefectConsoleHandler'])"
+    )
+    level = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, **DASK_WORKER_ENV},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert level.stdout.split("\n")[-2] == f"[{logging.WARNING}]"
 
 
 def test_client_env_points_a_plain_client_at_the_proxy(tmp_path: Path) -> None:
@@ -263,3 +289,83 @@ def test_prefect_context_caches_answer_as_prefect_does() -> None:
     other["settings"].setdefault("logging", {})["level"] = "DEBUG"
     changed = hydrated({**context, "settings_context": other})
     assert changed is not a and changed.logging.level == "DEBUG"
+
+
+def _nodelay_of_a_connection(connect: Any) -> int:
+    """TCP_NODELAY on the connecting side of a real `ws://` comm on loopback, opened with
+    `connect` (a `WSConnector.connect`)."""
+    import asyncio
+    import socket
+
+    from distributed.comm import listen
+    from distributed.comm.ws import WSConnector
+
+    async def main() -> int:
+        async def handler(comm: Any) -> None:
+            await comm.read()
+
+        listener = listen("ws://127.0.0.1:0", handler)
+        await listener.start()
+        try:
+            address = listener.contact_address.removeprefix("ws://")
+            comm = await connect(WSConnector(), address)
+            try:
+                sock = comm.sock.stream.socket
+                return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            finally:
+                await comm.close()
+        finally:
+            listener.stop()
+
+    return asyncio.run(main())
+
+
+def test_dask_websocket_comms_send_without_nagles_delay() -> None:
+    """distributed's connecting side of a websocket comm leaves Nagle's algorithm on (its
+    accepting side turns it off), which costs every request-reply a delayed ACK (~40 ms);
+    flowyard.dask_comms turns it off. When this test's first assertion fails, distributed
+    does it itself: delete `_connect_websockets_without_nagle`."""
+    from distributed.comm.ws import WSConnector
+
+    from flowyard import dask_comms
+
+    assert _nodelay_of_a_connection(dask_comms.ORIGINALS["WSConnector.connect"]) == 0
+    assert _nodelay_of_a_connection(WSConnector.connect) == 1
+
+
+def test_api_clients_on_a_dask_worker_share_one_verified_tls_context(tmp_path: Path) -> None:
+    """Each task makes new sync Prefect clients; with flowyard.dask_cluster imported they
+    share one SSLContext per CA file, set up as Prefect sets up its own (verification on, the
+    same CAs), and a changed CA file gets a new one."""
+    import shutil
+
+    import certifi
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, temporary_settings
+
+    from flowyard import dask_cluster
+
+    def tls(client: SyncPrefectClient) -> ssl.SSLContext:
+        context: ssl.SSLContext = client._client._transport._pool._ssl_context  # type: ignore[attr-defined]
+        return context
+
+    ca = tmp_path / "ca.pem"
+    shutil.copy(certifi.where(), ca)
+    url = "https://localhost:9/api"
+    with temporary_settings({PREFECT_API_SSL_CERT_FILE: str(ca)}):
+        a, b = SyncPrefectClient(url), SyncPrefectClient(url)
+        assert tls(a) is tls(b)
+        prefects = SyncPrefectClient.__new__(SyncPrefectClient)
+        dask_cluster.PREFECT_ORIGINALS["SyncPrefectClient.__init__"](prefects, url)
+        ours, reference = tls(a), tls(prefects)
+        assert ours is not reference
+        assert ours.verify_mode == reference.verify_mode == ssl.CERT_REQUIRED
+        assert ours.check_hostname and reference.check_hostname
+        assert ours.get_ca_certs() == reference.get_ca_certs() != []
+        assert (ours.options, ours.minimum_version) == (
+            reference.options,
+            reference.minimum_version,
+        )
+        ca.write_text(ca.read_text())  # rewritten (a rotated CA): a new context
+        os.utime(ca, ns=(0, ca.stat().st_mtime_ns + 10**9))
+        assert tls(SyncPrefectClient(url)) is not ours

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from flowyard.cli._common import HomeOption, console, handle_errors, resolve_home
+from flowyard.client.env import DASK_WORKER_ENV
 from flowyard.client.joinfile import JoinInfo
 from flowyard.config.context import load_context
 from flowyard.config.users import load_users
@@ -170,7 +171,7 @@ def join(
             contact,
         )
         console.print(f"Starting Dask worker at wss://{contact}:{dask_port} for {base}")
-        _exec(home, argv, env)
+        _exec(home, argv, {**env, **DASK_WORKER_ENV})
     argv = [
         str(Path(sys.executable).parent / "prefect"),
         "worker",

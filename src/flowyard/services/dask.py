@@ -47,7 +47,7 @@ import httpx
 from cryptography import x509
 
 from flowyard import pki
-from flowyard.client.env import DASK_TLS_KEYS, worker_client_env
+from flowyard.client.env import DASK_TLS_KEYS, DASK_WORKER_ENV, worker_client_env
 from flowyard.client.profile import DASK_CA_CERT, DASK_CLIENT_CERT, DASK_CLIENT_KEY, DASK_DATA
 from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK
@@ -63,6 +63,7 @@ NODE_CERT = "node.crt"
 NODE_KEY = "node.key"
 # flowyard.dask_cluster's `dask_setup` closes each worker's plain-HTTP diagnostics server.
 PRELOAD = "flowyard.dask_cluster"
+SCHEDULER_PRELOAD = "flowyard.dask_comms"
 
 
 # -- the cluster's CA and certificates ------------------------------------------------------
@@ -169,6 +170,9 @@ def scheduler_command(ctx: Context) -> list[str]:
         "--dashboard-address",
         f"{LOOPBACK}:{port}",
         "--no-dashboard",
+        # Its comm fixes (to workers: no Nagle delay), without Prefect.
+        "--preload",
+        SCHEDULER_PRELOAD,
     ]
 
 
@@ -212,6 +216,7 @@ def worker_env(ctx: Context) -> dict[str, str]:
         **env,
         "PREFECT_HOME": str(d / "prefect"),
         "PREFECT_PROFILES_PATH": str(d / local_worker.PROFILES_FILE),
+        **DASK_WORKER_ENV,
         **base_env(ctx),
         **(worker_python.env(ctx) if _own_python(ctx) else {}),
     }
