@@ -166,7 +166,7 @@ def gate_without_uvloop(ctx: Context, workdir: Path) -> Iterator[Path]:
     command += ["--loop", "asyncio", "--http", "h11"]
     env = {**os.environ, **svc.env}
     with _process(command, env, workdir / "gate-asyncio.log"):
-        if not wait_until(lambda: _gate_ok(sock), timeout=60):
+        if not wait_until(lambda: gate.answers(sock), timeout=60):
             raise RuntimeError(
                 f"the bench-only gate did not answer; see {workdir}/gate-asyncio.log"
             )
@@ -175,19 +175,6 @@ def gate_without_uvloop(ctx: Context, workdir: Path) -> Iterator[Path]:
 
 def _gate_request(login: str) -> dict[str, str]:
     return {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": PATH, **auth_header(login)}
-
-
-def _gate_ok(sock: Path) -> bool:
-    """Answers as the platform's gate is probed (a public route: allowed)."""
-    try:
-        with local_http(sock, timeout=3) as c:
-            r = c.get(
-                "http://gate/check",
-                headers={"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/health"},
-            )
-            return r.status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def measure(ctx: Context, workdir: Path, count: int) -> dict[str, list[float]]:

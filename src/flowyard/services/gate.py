@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import httpx
 
@@ -61,9 +62,13 @@ def sso_env(ctx: Context) -> dict[str, str]:
 
 
 def is_ready(ctx: Context) -> bool:
-    """The gate answers a probe the way it answers Caddy (public route: allowed)."""
+    return answers(ctx.paths.socket(NAME))
+
+
+def answers(sock: Path) -> bool:
+    """A gate on `sock` answers a probe the way it answers Caddy (public route: allowed)."""
     try:
-        with local_http(ctx.paths.socket(NAME), timeout=2) as client:
+        with local_http(sock, timeout=2) as client:
             r = client.get("http://gate/check", headers=PROBE_HEADERS)
             return r.status_code == 200
     except httpx.HTTPError:
