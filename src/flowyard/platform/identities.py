@@ -128,11 +128,10 @@ def remove(ctx: Context, name: str) -> User:
             # MLflow's next start deletes it, before anyone can use it again.
             mlflow.revoke_later(ctx, name)
         if with_mlflow:
-            # Refused up front, before anything changes, when MLflow is down.
-            mlflow.check_running(ctx, f"remove the MLflow login {name!r}")
-        if with_mlflow:
-            # First: while the user is still listed, a failure here leaves everything in
+            # Refused up front, before anything changes, when MLflow is down. Then deleted
+            # first: while the user is still listed, a failure here leaves everything in
             # place, and `remove` again finishes the job (a missing login is no error).
+            mlflow.check_running(ctx, f"remove the MLflow login {name!r}")
             mlflow.delete_user(ctx, name, missing_ok=True)
         after = {n: u for n, u in before.items() if n != name}
         users_file.save_users(path, after)  # the Prefect login: refused on the next request
