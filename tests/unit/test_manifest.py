@@ -220,3 +220,57 @@ def test_blob_whose_recorded_checksum_is_not_its_name_is_refused(tmp_path: Path)
     assert "bucket results: 'a/b' is damaged (sha256 differs from the object index)" in (
         problems(root)
     )
+
+
+def test_access_files_and_dask_ca_round_trip_and_force_knows_them(tmp_path: Path) -> None:
+    """A backup carries the logins, the MLflow logins still to delete, the SSO client secret
+    and the Dask CA (joined Dask workers hold certificates it signed); a restore puts them
+    back owner-only; and `restore --force` takes a home holding all of them for Flowyard's
+    (it refused every home with a users.toml before)."""
+    from typer.testing import CliRunner
+
+    from flowyard.cli.app import app
+    from flowyard.config.context import Context, load_context
+    from flowyard.ops import backup, restore
+
+    source = tmp_path / "source"
+    assert CliRunner().invoke(app, ["init", "--home", str(source)]).exit_code == 0
+    ctx = load_context(source)
+    made = {
+        ctx.paths.users_file: b"[users.ada]\n",
+        ctx.paths.mlflow_revoked: b"bob\n",
+        ctx.paths.sso_client_secret: b"s3cret\n",
+        ctx.paths.dask_pki / "ca.key": b"-----BEGIN PRIVATE KEY-----",
+    }
+    for path, data in made.items():
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(0o600)
+    # A temporary file of write_private's left by a crash is Flowyard's too.
+    (source / ".users.toml.k2j4.tmp").write_bytes(b"")
+
+    root = tmp_path / "backup"
+    root.mkdir()
+    components = backup._backup_files(ctx, root, Reporter())
+    assert mf.DASK_DIR in components
+    manifest = mf.Manifest(
+        created_at="2026-01-01T00:00:00+00:00",
+        source_home=str(source),
+        versions={},
+        databases={},
+        buckets={},
+        components=components,
+        files=mf.scan(root),
+    )
+    home = tmp_path / "restored"
+    restored = Context(config=ctx.config.model_copy(update={"home": home}), secrets=ctx.secrets)
+    restore._restore_files(root, manifest, restored)
+    for path, data in made.items():
+        back = restored.paths.home / path.relative_to(source)
+        assert back.read_bytes() == data, back
+        assert back.stat().st_mode & 0o777 == 0o600, back
+    assert restored.paths.dask_pki.stat().st_mode & 0o077 == 0
+
+    assert restore._not_a_flowyard_home(source) is None
+    (source / "notes.txt").write_text("mine")
+    assert "notes.txt" in str(restore._not_a_flowyard_home(source))

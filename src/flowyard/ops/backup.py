@@ -377,15 +377,21 @@ def _backup_files(ctx: Context, root: Path, reporter: Reporter) -> list[str]:
         shutil.copy2(ctx.paths.config_file, root / mf.CONFIG_FILE)
         shutil.copy2(ctx.paths.secrets_file, root / mf.SECRETS_FILE)
         task.summary = "flowyard.toml, secrets.toml"
-        if ctx.paths.users_file.exists():
-            shutil.copy2(ctx.paths.users_file, root / mf.USERS_FILE)
-            task.summary += ", users.toml"
+        for rel, path in mf.private_files(ctx.paths).items():
+            if path.exists():
+                shutil.copy2(path, root / rel)
+                task.summary += f", {path.name}"
     caddy_storage = ctx.paths.caddy_data / "caddy"
     if caddy_storage.is_dir():
         with reporter.task("Caddy CA and certificates") as task:
             n = _copy_tree(caddy_storage, root / "caddy", CADDY_SKIP)
             task.summary = f"{n} files"
         components.append("caddy")
+    if ctx.paths.dask_pki.is_dir():
+        with reporter.task("Dask CA and certificates") as task:
+            n = _copy_tree(ctx.paths.dask_pki, root / mf.DASK_DIR)
+            task.summary = f"{n} files"
+        components.append(mf.DASK_DIR)
     if ctx.paths.files.is_dir() and any(ctx.paths.files.iterdir()):
         with reporter.task("Static files (/files/)") as task:
             n = _copy_tree(ctx.paths.files, root / "files")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from flowyard.config.paths import Paths
 from flowyard.errors import FlowyardError
 from flowyard.files import write_private
 
@@ -33,9 +34,22 @@ CONFIG_FILE = "config/flowyard.toml"
 SECRETS_FILE = "config/secrets.toml"
 # People's and workers' logins (docs/access.md); absent from backups of homes without one.
 USERS_FILE = "config/users.toml"
+# The Dask cluster's CA and certificates: joined Dask workers hold a certificate it signed.
+DASK_DIR = "dask"
 # Listing every problem buries the first; a damaged backup is refused after this many.
 MAX_PROBLEMS = 12
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def private_files(paths: Paths) -> dict[str, Path]:
+    """The owner-only files of a home's access, by their place in a backup; each is absent
+    from backups of homes without one: the logins, MLflow logins still to delete (a user
+    removed while MLflow was off), the SSO client secret."""
+    return {
+        USERS_FILE: paths.users_file,
+        "config/mlflow-revoked.txt": paths.mlflow_revoked,
+        "config/sso-client-secret": paths.sso_client_secret,
+    }
 
 
 def dump_path(database: str) -> str:

@@ -40,14 +40,30 @@ from flowyard.platform.supervisor import Supervisor
 from flowyard.services import caddy, postgres, seaweedfs
 
 RESTORE_TIMEOUT = 3 * 3600
-# What --force replaces in an existing home; logs/ and backups/ are kept (the backup being
-# restored may well live in backups/).
-REPLACED = ("flowyard.toml", "secrets.toml", "data", "run", "ca", "files")
-# Everything Flowyard itself puts at the top of a home. A directory holding anything else
-# (a user's home, a project) is not provably a Flowyard home, and --force never empties it.
-HOME_ENTRIES = frozenset(
-    {*REPLACED, "logs", "backups", LOCK_NAME, ".write-test", "secrets.tmp", "flowyard.toml.tmp"}
-)
+
+
+def _replaced(paths: Paths) -> list[Path]:
+    """What --force replaces in an existing home: everything a backup restores and the
+    state that goes with it; logs/ and backups/ are kept (the backup being restored may
+    well live in backups/)."""
+    return [
+        paths.config_file,
+        paths.secrets_file,
+        *mf.private_files(paths).values(),
+        paths.dask_pki,
+        paths.data,
+        paths.run,
+        paths.ca_cert.parent,
+        paths.files,
+    ]
+
+
+def _flowyard_entry(paths: Paths, name: str) -> bool:
+    """Whether `name` at the top of a home is something Flowyard itself puts there: what a
+    restore replaces, logs/, backups/, the lock, the write probe, or a temporary file of
+    `write_private` (`.<name>.<random>.tmp`) that a crash left behind."""
+    ours = {p.name for p in _replaced(paths)} | {"logs", "backups", LOCK_NAME, ".write-test"}
+    return name in ours or (name.endswith(".tmp") and any(name.startswith(f".{n}.") for n in ours))
 
 
 def _installed() -> dict[str, str]:
@@ -90,7 +106,7 @@ def _not_a_flowyard_home(home: Path) -> str | None:
         Secrets.model_validate(tomllib.loads(paths.secrets_file.read_text()))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValidationError):
         return "its flowyard.toml or secrets.toml is not Flowyard's"
-    foreign = sorted(p.name for p in home.iterdir() if p.name not in HOME_ENTRIES)
+    foreign = sorted(p.name for p in home.iterdir() if not _flowyard_entry(paths, p.name))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         return f"it holds entries Flowyard never creates ({shown})"
@@ -123,10 +139,10 @@ def _check_target(home: Path, backup: Path, force: bool) -> None:
             f"The platform at {home} is running.",
             fix=f"Stop it first: `flowyard down --home {home}`.",
         )
-    for name in REPLACED:
-        if backup.resolve().is_relative_to((home / name).resolve()):
+    for path in _replaced(Paths(home)):
+        if backup.resolve().is_relative_to(path.resolve()):
             raise FlowyardError(
-                f"The backup is inside {home / name}, which --force would replace.",
+                f"The backup is inside {path}, which --force would replace.",
                 fix="Move the backup elsewhere first.",
             )
 
@@ -167,8 +183,7 @@ def preflight(backup: Path, home: Path, force: bool) -> tuple[mf.Manifest, Conte
 
 
 def _clear(home: Path) -> None:
-    for name in REPLACED:
-        path = home / name
+    for path in _replaced(Paths(home)):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
@@ -188,12 +203,15 @@ def _restore_files(backup: Path, manifest: mf.Manifest, ctx: Context) -> None:
     _put_file(backup / mf.CONFIG_FILE, paths.config_file, entries[mf.CONFIG_FILE].mode)
     # Never wider than 0600, whatever a copied backup's modes became.
     _put_file(backup / mf.SECRETS_FILE, paths.secrets_file, 0o600)
-    if mf.USERS_FILE in entries:
-        _put_file(backup / mf.USERS_FILE, paths.users_file, 0o600)
+    for rel, path in mf.private_files(paths).items():
+        if rel in entries:
+            _put_file(backup / rel, path, 0o600)
     for rel, entry in entries.items():
         top, _, rest = rel.partition("/")
         if top == "caddy":
             _put_file(backup / rel, paths.caddy_data / "caddy" / rest, entry.mode)
+        elif top == mf.DASK_DIR:
+            _put_file(backup / rel, paths.dask_pki / rest, entry.mode)
         elif top == "files":
             _put_file(backup / rel, paths.files / rest, entry.mode)
     if "caddy" in manifest.components:
