@@ -143,3 +143,57 @@ def test_the_guard_extends_only_a_proactive_window_that_would_fire(
     watch.last_down = now.timestamp() - 121  # back for longer than a window
     assert run(proactive, closed) is closed and len(extended) == 1  # Prefect fires as usual
     assert owner.trigger is proactive
+
+
+def test_prefect_redis_reads_its_settings_once_not_for_every_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PrefectHQ/prefect#22951: prefect-redis built its messaging settings for every event it
+    published (about 80 % of the publish path's CPU). The fix (PR #22950, cache the URL) is
+    in the prefect-redis Flowyard pins (0.3.0), so Flowyard carries no patch of its own; this
+    fails if a version without the fix is ever pinned. The issue's own reproduction."""
+    import prefect_redis.client as client
+
+    built = 0
+    real = client.RedisMessagingSettings
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            nonlocal built
+            built += 1
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(client, "RedisMessagingSettings", Counting)
+    asyncio.run(client.clear_cached_clients())  # forget what other tests cached
+    try:
+        for _ in range(100):
+            client.cluster_key_prefix("message:events")
+    finally:
+        asyncio.run(client.clear_cached_clients())
+    assert built <= 1, f"prefect-redis built its settings {built} times for 100 events"
+
+
+def test_services_start_through_run_services_by_name() -> None:
+    """The readiness mark is written from `Service.run_services`, which Prefect's
+    `services start` reaches through `_run_all_services`."""
+    from prefect.cli import _server_utils
+
+    assert "run_services" in _server_utils._run_all_services.__code__.co_names, (
+        "Prefect changed _run_all_services: it no longer calls Service.run_services"
+    )
+
+
+def test_the_start_callback_runs_before_prefects_services_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+
+    async def prefects(cls: Any) -> None:
+        calls.append(f"run_services of {cls.__name__}")
+
+    monkeypatch.setattr(p.PrefectService, "run_services", classmethod(prefects))
+    p.on_services_starting(lambda: calls.append("callback"))
+    asyncio.run(p.PrefectService.run_services())
+    assert calls == ["callback", "run_services of Service"]
+    with pytest.raises(RuntimeError, match="already patched"):
+        p.on_services_starting(lambda: None)

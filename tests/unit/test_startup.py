@@ -85,3 +85,40 @@ def test_the_first_failure_is_raised_and_waiting_services_give_up() -> None:
         graph.run(step)
     assert waited.is_set() and time.monotonic() - t0 < 2
     assert graph.started == ["api"]
+
+
+class StatesOf:
+    """supervisord's view of one program, a state per call (the last one repeats)."""
+
+    def __init__(self, *states: str) -> None:
+        self.states = list(states)
+        self.calls = 0
+
+    def info(self, name: str) -> dict[str, str]:
+        self.calls += 1
+        return {"statename": self.states.pop(0) if len(self.states) > 1 else self.states[0]}
+
+
+def test_a_probe_is_trusted_before_supervisord_counts_the_service_started(
+    tmp_path: Path,
+) -> None:
+    """`up` starts programs without waiting out supervisord's start_secs: a service whose
+    probe answers is ready while supervisord still says STARTING; one with no probe is
+    ready only at RUNNING; one that exits is a failure, not a wait."""
+    from flowyard.errors import FlowyardError
+    from flowyard.platform.lifecycle import _wait_ready
+
+    ctx = Context(config=load_config(tmp_path, require_file=False), secrets=Secrets.generate())
+    probed = Service(name="p", command=["true"], description="p", ready=lambda: True)
+    sup = StatesOf("STARTING")
+    _wait_ready(sup, probed, ctx, lambda: None)  # type: ignore[arg-type]
+    assert sup.calls == 1
+
+    no_probe = Service(name="n", command=["true"], description="n")
+    sup = StatesOf("STARTING", "STARTING", "RUNNING")
+    _wait_ready(sup, no_probe, ctx, lambda: None)  # type: ignore[arg-type]
+    assert sup.calls == 3
+
+    silent = Service(name="s", command=["true"], description="s", ready=lambda: False)
+    with pytest.raises(FlowyardError, match=r"exited \(BACKOFF\)"):
+        _wait_ready(StatesOf("STARTING", "BACKOFF"), silent, ctx, lambda: None)  # type: ignore[arg-type]

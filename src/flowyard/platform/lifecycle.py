@@ -25,7 +25,7 @@ from flowyard.render.prefect_profile import render_profiles, render_server_profi
 from flowyard.render.supervisor import render_supervisor_conf
 from flowyard.services import metrics
 from flowyard.services import postgres as postgres_service
-from flowyard.services.base import Service, ensure_system_user, port_free
+from flowyard.services.base import Service, ensure_system_user, no_probe, port_free
 from flowyard.waiting import wait_until
 
 # Called with (service name, phase) so the CLI can draw progress without this module
@@ -93,13 +93,22 @@ def check_ports(ctx: Context, services: list[Service]) -> None:
         )
 
 
+def is_ready(service: Service, state: str) -> bool:
+    """Whether `service`, in supervisord state `state`, is ready. A probe that answers
+    proves more than supervisord's `start_secs` of staying up, so a service is ready while
+    supervisord still counts them (STARTING); one with no probe once they are up (RUNNING)."""
+    if service.ready is no_probe:
+        return state == "RUNNING"
+    return state in ("STARTING", "RUNNING") and service.ready()
+
+
 def _wait_ready(sup: Supervisor, service: Service, ctx: Context, check: Callable[[], None]) -> None:
     def ready() -> bool:
         check()  # raises once another service's start has failed
         state = sup.info(service.name)["statename"]
         if state in FAILED_STATES:
             raise _service_failed(ctx, service, f"exited ({state})")
-        return service.ready()
+        return is_ready(service, state)
 
     if not wait_until(ready, service.ready_timeout):
         raise _service_failed(ctx, service, f"not ready after {service.ready_timeout:.0f} s")
@@ -274,7 +283,9 @@ def _up(ctx: Context, progress: Progress, only: Collection[str] | None) -> list[
         graph.wait_for(service.after)
         report(service.name, "starting")
         try:
-            sup.start_process(service.name)
+            # Not waiting for supervisord's RUNNING (start_secs, then its next tick: 1-1.5 s
+            # a service on the critical path): `_wait_ready` polls the state and the probe.
+            sup.start_process(service.name, wait=False)
         except Exception as exc:
             raise _service_failed(ctx, service, f"did not start ({exc})") from exc
         report(service.name, "waiting until ready")
@@ -373,7 +384,7 @@ def status(ctx: Context) -> list[ServiceStatus]:
                 state=state,
                 pid=info["pid"] if info and running else None,
                 uptime_seconds=(info["now"] - info["start"]) if info and running else None,
-                ready=running and service.ready(),
+                ready=is_ready(service, state),
                 # Also while it is down: a full disk is why PostgreSQL cannot start again.
                 problem=service.problem() if info and service.problem else None,
                 pss_mib=_pss_mib(info["pid"]) if info and running else None,

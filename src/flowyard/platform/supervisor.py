@@ -217,9 +217,11 @@ class Supervisor:
     def all_info(self) -> list[dict[str, Any]]:
         return [dict(i) for i in self.rpc.getAllProcessInfo()]
 
-    def start_process(self, name: str) -> None:
+    def start_process(self, name: str, wait: bool = True) -> None:
+        """Start `name`; with `wait`, return once supervisord calls it RUNNING (up for its
+        `startsecs`, checked at supervisord's next tick: about a second more)."""
         try:
-            self.rpc.startProcess(name, True)
+            self.rpc.startProcess(name, wait)
         except xmlrpc.client.Fault as fault:
             if "ALREADY_STARTED" not in fault.faultString:
                 raise

@@ -24,6 +24,12 @@ from flowyard.errors import FlowyardError
 from flowyard.files import write_private
 
 
+def no_probe() -> bool:
+    """The readiness of a service with no probe of its own: `up` waits until supervisord
+    calls it RUNNING, that is until it has stayed up `start_secs`."""
+    return True
+
+
 @dataclass
 class Service:
     name: str
@@ -34,7 +40,9 @@ class Service:
     user: str | None = None
     # Ports this service binds, by the setting that moves each (for "port taken" errors).
     ports: dict[str, int] = field(default_factory=dict)
-    ready: Callable[[], bool] = lambda: True
+    # A probe of the service itself (a health endpoint, a query). `up` trusts it as soon as
+    # it answers, without waiting out supervisord's `start_secs`.
+    ready: Callable[[], bool] = no_probe
     ready_timeout: float = 90.0
     # Seconds a process must stay up before supervisor calls it started.
     start_secs: int = 1

@@ -17,6 +17,8 @@ import pwd
 import socket
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -25,6 +27,7 @@ from flowyard.client.api import api_client
 from flowyard.client.env import worker_client_env
 from flowyard.config.context import Context
 from flowyard.errors import FlowyardError
+from flowyard.files import write_private
 from flowyard.services import caddy, worker_python
 from flowyard.services.base import Service, binary, ensure_system_user
 
@@ -59,14 +62,31 @@ def env(ctx: Context) -> dict[str, str]:
     }
 
 
+def _prepared_mark(ctx: Context) -> Path:
+    return ctx.paths.run / "worker.prepared"
+
+
 def is_registered(ctx: Context) -> bool:
-    """Ready once the worker has announced itself to the API for its pool."""
+    """Ready once the worker has announced itself to the API for its pool: a heartbeat
+    newer than its last start's prepare step, since the API keeps the row of the worker
+    that ran before (a warm `up` would otherwise find it at once)."""
+    try:
+        since = float(_prepared_mark(ctx).read_text())
+    except (OSError, ValueError):
+        since = 0.0  # none under compose, or made by an older version
     try:
         with api_client(ctx) as client:
             r = client.post(f"/work_pools/{ctx.config.worker.pool}/workers/filter", json={})
-            return r.status_code == 200 and any(w["name"] == worker_name(ctx) for w in r.json())
     except httpx.HTTPError:
         return False
+    if r.status_code != 200:
+        return False
+    return any(
+        w["name"] == worker_name(ctx)
+        and w.get("last_heartbeat_time")
+        and datetime.fromisoformat(w["last_heartbeat_time"]).timestamp() >= since
+        for w in r.json()
+    )
 
 
 def _own_python(ctx: Context) -> bool:
@@ -142,6 +162,7 @@ def _check_reachable(ctx: Context, user: pwd.struct_passwd) -> None:
 
 
 def prepare(ctx: Context) -> None:
+    write_private(_prepared_mark(ctx), str(time.time()))
     state = home(ctx)
     state.mkdir(parents=True, exist_ok=True)
     state.chmod(0o700)

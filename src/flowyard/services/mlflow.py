@@ -2,8 +2,9 @@
 
 The server proxies artifacts (`--serve-artifacts`), so clients need only the HTTPS URL and
 their MLflow credentials, never S3 keys. Authentication is MLflow's own basic-auth app (see
-docs/tracking.md for why not the proxy). Tuned for a small machine: one uvicorn worker and
-no background job runner (MLflow's defaults idle near 3 GB).
+docs/tracking.md for why not the proxy). Tuned for a small machine: one uvicorn worker, no
+background job runner (MLflow's defaults idle near 3 GB), and `mlflow server` run through
+`mlflow_exec`, so the CLI process becomes the web server instead of idling beside it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from flowyard.config.model import LOOPBACK
 from flowyard.errors import FlowyardError
 from flowyard.files import write_private
 from flowyard.services import postgres, seaweedfs
-from flowyard.services.base import Service, binary, run_migration, schema_state
+from flowyard.services.base import Service, run_migration, schema_state
 
 NAME = "mlflow"
 
@@ -157,7 +158,9 @@ def server_env(ctx: Context) -> dict[str, str]:
 def command(ctx: Context, extra_hosts: Sequence[str] = ()) -> list[str]:
     cfg = ctx.config
     return [
-        binary("mlflow"),
+        sys.executable,
+        "-m",
+        "flowyard.services.mlflow_exec",
         "server",
         "--host",
         ctx.hosts.bind,

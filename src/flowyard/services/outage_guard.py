@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+from flowyard.files import write_private
 
 PROBE_SECONDS = 2.0
 PROBE_TIMEOUT = 3.0
@@ -137,11 +141,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--api-health", required=True, help="the API's health URL")
     parser.add_argument("--uds", help="the API's Unix socket, when it listens on one")
+    parser.add_argument(
+        "--ready-file", help="written (this process's pid) when Prefect starts its services"
+    )
     args = parser.parse_args(argv)
 
     from prefect.logging import get_logger
 
-    from flowyard.services.prefect_server_private import patch_evaluate
+    from flowyard.services.prefect_server_private import on_services_starting, patch_evaluate
 
     log = get_logger("flowyard.outage_guard")
     watch = ApiWatch()
@@ -154,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
         target=watch_forever, args=(watch, check, args.api_health, log), daemon=True
     ).start()
     patch_evaluate(guard(watch, log))
+    if args.ready_file:
+        ready_file = Path(args.ready_file)
+        on_services_starting(lambda: write_private(ready_file, str(os.getpid())))
 
     # Prefect's own console script, as `prefect server services start` runs it.
     from prefect.cli import app

@@ -1,5 +1,6 @@
-"""Every private Prefect server name the background-services process relies on, and its one
-patch of Prefect: the API-outage guard of proactive automations (`outage_guard`).
+"""Every private Prefect server name the background-services process relies on, and its
+patches of Prefect: the API-outage guard of proactive automations (`outage_guard`), and a
+call when Prefect starts its services (the process's readiness for `flowyard up`).
 
 Prefect evaluates an automation's trigger in `prefect.server.events.triggers.evaluate`, for
 one "bucket" (a trigger's open window for one resource: for the zombie automation, one flow
@@ -7,7 +8,9 @@ run's heartbeat window), both when an event arrives (`reactive_evaluation`) and 
 (`proactive_evaluation`); both look `evaluate` up in that module's globals at each call, so
 replacing the module attribute reaches both. A proactive trigger fires when its window has
 closed with too few events; `start_new_bucket` replaces a window (it is what Prefect itself
-calls when it rolls a heartbeat window over). None of this is public API.
+calls when it rolls a heartbeat window over). `prefect server services start` runs
+`_run_all_services`, which connects the docket to Redis and then calls
+`Service.run_services`, which creates each enabled service's task. None of this is public API.
 
 Written against Prefect 3.9.1. On a Prefect upgrade, run
 `pytest tests/unit/test_prefect_server_private.py`: it checks every name below, the
@@ -24,12 +27,15 @@ from typing import Any
 
 from prefect.server.events import triggers
 from prefect.server.events.schemas.automations import EventTrigger, Posture
+from prefect.server.services.base import Service as PrefectService
 
 __all__ = [
     "Evaluate",
     "EventTrigger",
     "Posture",
+    "PrefectService",
     "extend_bucket",
+    "on_services_starting",
     "patch_evaluate",
     "triggers",
 ]
@@ -64,3 +70,18 @@ def patch_evaluate(wrap: Callable[[Evaluate], Evaluate]) -> None:
     wrapped = wrap(original)
     wrapped.__flowyard_wrapped__ = True  # type: ignore[attr-defined]
     _triggers.evaluate = wrapped
+
+
+def on_services_starting(callback: Callable[[], None]) -> None:
+    """Call `callback` when Prefect starts its services: its imports done, the docket
+    connected to Redis, just before each enabled service's task is created; once per process."""
+    original = PrefectService.run_services
+    if getattr(original, "__flowyard_wrapped__", False):
+        raise RuntimeError("Prefect's run_services is already patched")
+
+    async def run_services(cls: type[PrefectService]) -> None:
+        callback()
+        await original()
+
+    run_services.__flowyard_wrapped__ = True  # type: ignore[attr-defined]
+    PrefectService.run_services = classmethod(run_services)  # type: ignore[assignment, method-assign]
