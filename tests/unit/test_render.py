@@ -179,3 +179,40 @@ def test_seaweedfs_mutual_tls_files(ctx: Context) -> None:
     container = dataclasses.replace(ctx, hosts=HOSTS)
     assert not any(a.startswith("-config_dir") for a in seaweedfs.command(container))
     assert seaweedfs.master_url(container).startswith("http://")
+
+
+def _routes_in_order(node: object, found: list[tuple[list[str], str]]) -> None:
+    """Every route with a path matcher, in the order Caddy tries them, with its handlers."""
+    if isinstance(node, dict):
+        match = node.get("match")
+        matchers = match if isinstance(match, list) else []
+        paths = [p for m in matchers if isinstance(m, dict) for p in m.get("path", [])]
+        if paths and "handle" in node:
+            found.append((paths, json.dumps(node["handle"])))
+        for value in node.values():
+            _routes_in_order(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _routes_in_order(value, found)
+
+
+def test_probes_reach_the_api_without_the_gate_and_the_rest_through_it(
+    ctx: Context, tmp_path: Path
+) -> None:
+    """Prefect answers GET /api/health and /api/ready without its credential, and the gate
+    could only allow them (`access.matrix.public_paths`): Caddy sends them straight to the
+    API, tried before /api/*, which goes through the gate."""
+    from flowyard.access.matrix import public_paths
+
+    assert public_paths() == ["/health", "/ready"]
+    found: list[tuple[list[str], str]] = []
+    _routes_in_order(
+        _adapt(render_caddyfile(ctx.config, Upstreams.from_context(ctx)), tmp_path), found
+    )
+    order = [paths for paths, _ in found]
+    gate = str(ctx.paths.socket("gate"))
+    for probe in ("/api/health", "/api/ready"):
+        route = next(handle for paths, handle in found if paths == [probe])
+        assert gate not in route and str(ctx.paths.socket("prefect-api")) in route
+        assert order.index([probe]) < order.index(["/api/*"])
+    assert gate in next(handle for paths, handle in found if paths == ["/api/*"])

@@ -305,6 +305,17 @@ def decide(method: str, path: str, query: str = "") -> Decision:
     return Decision(f"{method} ?", "admin")
 
 
+def public_paths() -> list[str]:
+    """The API paths anyone may GET (Prefect's probes, which Prefect itself answers without
+    its credential): the proxy sends them straight to the API, not through the gate, whose
+    answer could only be yes (`services.caddyfile`)."""
+    return sorted(
+        route.split(" ", 1)[1]
+        for route, klass in ROUTES.items()
+        if klass == PUBLIC and route.startswith("GET ") and "{" not in route
+    )
+
+
 def websocket_class(path: str) -> str | None:
     """The class of a websocket route (path under `/api`); None when it is not one."""
     for pattern, template in _WS:

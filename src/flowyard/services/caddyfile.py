@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from flowyard.access.matrix import public_paths
 from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK, FlowyardConfig, url_host
 
@@ -178,6 +179,17 @@ def render_caddyfile(config: FlowyardConfig, up: Upstreams, extra_names: Sequenc
         main += [
             "\thandle /auth/* {",
             f"\t\treverse_proxy {up.gate}",
+            "\t}",
+        ]
+    # Prefect's probes (/api/health, /api/ready) need no login, in Prefect or the gate:
+    # straight to the API, so a health check costs no gate round trip. A client's own
+    # Authorization is dropped, and none is added, so Prefect refuses any other method.
+    for path in public_paths():
+        main += [
+            f"\thandle /api{path} {{",
+            f"\t\treverse_proxy {up.prefect} {{",
+            "\t\t\theader_up -Authorization",
+            "\t\t}",
             "\t}",
         ]
     for route in ("handle /api/* {", "handle {"):
