@@ -5,6 +5,11 @@ ended, so a polling worker is met at every point of its poll cycle. The candidat
 runs are split around the reference's (A, B, A) so a drift in machine load over the phase
 weighs on both alike. Latencies are read from the runs' own state timestamps, not from
 our polling, and every process is on this machine, so the clocks agree.
+
+Then the candidate worker alone runs the same flow deployed as the platform's deployments
+are (`flowyard deploy`'s own code): its code uploaded by content to the platform's code
+bucket and fetched by a pull_from_s3 step on every run. Those rows compare it with the same
+worker's local-code runs above: what pulling the code from S3 adds to each run.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from benchmarks.prefect_client import (
     FLOW_NAME,
     TERMINAL,
     deploy,
+    deploy_from_s3,
     platform_client,
     state_times,
     state_type,
@@ -29,6 +35,9 @@ from benchmarks.workers import WorkerKind, pool_name, running_worker
 
 RUN_TIMEOUT_S = 180
 PHASES = ("PENDING", "RUNNING", "COMPLETED")
+# The samples of the candidate's runs of the deployment whose code comes from S3.
+S3 = "candidate, code from S3"
+S3_DEPLOYMENT = "dispatch-candidate-s3"
 
 
 async def segment(
@@ -88,15 +97,26 @@ async def _run(env: BenchEnv, res: BenchResult) -> None:
         ("candidate", env.candidate, plan.dispatch_runs - first),
     ]
     samples: dict[str, dict[str, list[float]]] = {
-        role: {p: [] for p in PHASES} for role in ("candidate", "reference")
+        role: {p: [] for p in PHASES} for role in ("candidate", "reference", S3)
     }
-    failures: dict[str, list[str]] = {"candidate": [], "reference": []}
+    failures: dict[str, list[str]] = {"candidate": [], "reference": [], S3: []}
     res.details["samples_s"] = samples
     res.details["failures"] = failures
     for role, kind, count in segments:
         if count:
             say(f"dispatch: {count} runs through the {role} worker ({kind.key})")
             failures[role] += await segment(env, kind, role, count, samples[role])
+    # Code from S3: the candidate only, after the A-B-A, as many runs as each worker had.
+    pool = pool_name("candidate")
+    async with platform_client(env.platform) as client:
+        say("dispatch: deploying the flow with its code in the code bucket (flowyard deploy)")
+        res.details["s3_code"] = await deploy_from_s3(
+            env.platform, client, env.workdir, pool, S3_DEPLOYMENT
+        )
+    say(f"dispatch: {plan.dispatch_runs} runs through the candidate worker, code from S3")
+    failures[S3] += await segment(
+        env, env.candidate, "candidate", plan.dispatch_runs, samples[S3], S3_DEPLOYMENT
+    )
     if any(failures.values()):
         res.status = "partial"
         res.notes.append(f"failures: {failures}")
@@ -105,7 +125,8 @@ async def _run(env: BenchEnv, res: BenchResult) -> None:
 def _figures(res: BenchResult, samples: dict[str, dict[str, list[float]]]) -> None:
     cand = {p: summarize(samples["candidate"][p]) for p in PHASES}
     ref = {p: summarize(samples["reference"][p]) for p in PHASES}
-    res.details["summary_s"] = {"candidate": cand, "reference": ref}
+    s3 = {p: summarize(samples.get(S3, {}).get(p, [])) for p in PHASES}
+    res.details["summary_s"] = {"candidate": cand, "reference": ref, S3: s3}
     labels = {"PENDING": "Pending (picked up)", "RUNNING": "Running", "COMPLETED": "Completed"}
     for phase in ("RUNNING", "COMPLETED", "PENDING"):
         for q in ("p50", "p95"):
@@ -121,6 +142,18 @@ def _figures(res: BenchResult, samples: dict[str, dict[str, list[float]]]) -> No
                     n=int(cand[phase]["n"]),
                 )
             )
+    # The candidate's runs with their code from S3, against its own local-code runs.
+    for q in ("p50", "p95"):
+        res.add(
+            Figure(
+                f"run_deployment → Running {q}, code from S3 vs local code",
+                "s",
+                s3["RUNNING"].get(q),
+                cand["RUNNING"].get(q),
+                "lower",
+                n=int(s3["RUNNING"]["n"]),
+            )
+        )
 
 
 def run(env: BenchEnv, res: BenchResult) -> None:
@@ -129,6 +162,12 @@ def run(env: BenchEnv, res: BenchResult) -> None:
     res.notes.append(
         "sequential runs of a no-op flow from a local directory; trigger jitter "
         f"0-{env.plan.dispatch_jitter_s:g} s; worker runs split A-B-A"
+    )
+    res.notes.append(
+        "code from S3 rows: the candidate worker only, in a segment of its own after the "
+        f"A-B-A ({env.plan.dispatch_runs} runs, same jitter), the flow deployed by `flowyard "
+        "deploy`'s own code (uploaded by content to the code bucket, a pull_from_s3 step "
+        "fetching it on every run); reference = the same worker's local-code runs"
     )
     try:
         asyncio.run(_run(env, res))

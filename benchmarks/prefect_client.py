@@ -41,6 +41,30 @@ def noop(x: int = 0, seconds: float = 0.0) -> int:
     return x
 '''
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+# The same flow as a project `flowyard deploy` takes, its push and pull steps as in
+# flows/prefect.yaml: stock Prefect's push_to_s3 (which `flowyard deploy` turns into an upload
+# by content, `flowyard.projects.code`) and pull_from_s3, which fetches the code on every run.
+S3_CODE_FOLDER = "bench-noop"
+S3_PROJECT = """\
+name: bench-noop
+push:
+  - prefect_aws.deployments.steps.push_to_s3:
+      id: push-code
+      requires: prefect-aws>=0.7.12
+      bucket: "{{{{ $FLOWYARD_CODE_BUCKET }}}}"
+      folder: {folder}
+pull:
+  - prefect_aws.deployments.steps.pull_from_s3:
+      id: pull-code
+      requires: prefect-aws>=0.7.12
+      bucket: "{{{{ push-code.bucket }}}}"
+      folder: "{{{{ push-code.folder }}}}"
+deployments:
+  - name: {name}
+    entrypoint: {entrypoint}
+    parameters: {{}}
+    work_pool: {{name: {pool}, work_queue_name: default}}
+"""
 
 
 @asynccontextmanager
@@ -89,6 +113,41 @@ async def deploy(client: PrefectClient, flow_dir: Path, pool: str, name: str) ->
         parameter_openapi_schema={"type": "object", "properties": {}},
         enforce_parameter_schema=False,
     )
+
+
+def write_s3_project(root: Path, pool: str, name: str) -> Path:
+    """The flow as a project for `flowyard deploy`: its file and a prefect.yaml whose push
+    step uploads it to the platform's code bucket and whose pull step fetches it."""
+    project = root / "flow-s3"
+    project.mkdir(parents=True, exist_ok=True)
+    (project / "bench_flow.py").write_text(FLOW_SOURCE)
+    text = S3_PROJECT.format(folder=S3_CODE_FOLDER, name=name, entrypoint=ENTRYPOINT, pool=pool)
+    (project / "prefect.yaml").write_text(text)
+    return project
+
+
+async def deploy_from_s3(
+    ctx: Context, client: PrefectClient, root: Path, pool: str, name: str
+) -> dict[str, str]:
+    """A deployment of the flow made the way `flowyard deploy` makes one (its own code,
+    `flowyard.projects.api.deploy_project`): code uploaded by content to the code bucket,
+    then registered with a pull_from_s3 step. Returns the bucket and content folder its pull
+    step fetches; raises if that is not a content folder (not what a deployment pulls)."""
+    from flowyard.client import code_store
+    from flowyard.projects.api import deploy_project
+
+    project = write_s3_project(root, pool, name)
+    await asyncio.to_thread(deploy_project, ctx, project, pool, "default")
+    deployment = await client.read_deployment_by_name(f"{FLOW_NAME}/{name}")
+    pulls = [
+        s[code_store.PULL_FROM_S3]
+        for s in deployment.pull_steps or []
+        if code_store.PULL_FROM_S3 in s
+    ]
+    folder = str(pulls[0].get("folder", "")) if len(pulls) == 1 else ""
+    if not code_store.parse_content_folder(folder):
+        raise RuntimeError(f"{name}: pull steps {deployment.pull_steps!r} fetch no content folder")
+    return {"bucket": str(pulls[0].get("bucket")), "folder": folder}
 
 
 async def read_runs(client: PrefectClient, ids: Iterable[UUID]) -> list[FlowRun]:

@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from benchmarks import gate_cost, gate_path, report
+import yaml
+from benchmarks import dispatch, gate_cost, gate_path, prefect_client, report
 from benchmarks.cli import parse_args
 from benchmarks.plan import ALL, make_plan
 from benchmarks.report import BenchResult, Figure
@@ -18,6 +19,8 @@ from benchmarks.stats import percentile, rate, ratio, summarize
 from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK, FlowyardConfig
 from flowyard.config.secrets import Secrets
+from flowyard.projects.code import PUSH_CODE, content_addressed
+from flowyard.projects.project import load_project
 from flowyard.services.caddyfile import Upstreams, render_caddyfile
 
 
@@ -220,3 +223,36 @@ def test_gate_cost_compares_against_the_platforms_caddyfile_without_the_gate(
     assert moved.proxy.url.endswith(":31001") and f"https_port {31001}" in bench
     assert f"default_bind {LOOPBACK}" in bench and str(tmp_path / "bench") in bench
     assert str(ctx.paths.socket("caddy-admin")) not in bench
+
+
+def test_dispatch_code_from_s3_rows() -> None:
+    """The candidate's runs with code from S3 are judged against its own local-code runs."""
+    res = BenchResult("dispatch", "Dispatch latency")
+    local = {"PENDING": [0.1, 0.1], "RUNNING": [0.4, 0.6], "COMPLETED": [0.7, 0.9]}
+    s3 = {"PENDING": [0.1, 0.1], "RUNNING": [0.6, 0.8], "COMPLETED": [0.9, 1.1]}
+    stock = {p: [v + 8 for v in vs] for p, vs in local.items()}
+    dispatch._figures(res, {"candidate": local, "reference": stock, dispatch.S3: s3})
+    by_metric = {f.metric: f for f in res.figures}
+    p50 = by_metric["run_deployment → Running p50, code from S3 vs local code"]
+    assert p50.value == pytest.approx(0.7) and p50.reference == pytest.approx(0.5)
+    assert p50.n == 2 and "run_deployment → Running p95, code from S3 vs local code" in by_metric
+    assert by_metric["run_deployment → Running p50"].reference == pytest.approx(8.5)
+    res = BenchResult("dispatch", "Dispatch latency")  # stopped before the S3 segment
+    dispatch._figures(res, {"candidate": local, "reference": stock})
+    assert by_metric.keys() == {f.metric for f in res.figures}
+
+
+def test_dispatch_s3_project_deploys_like_flows(tmp_path: Path) -> None:
+    """The S3 project is a `flowyard deploy` project: its push_to_s3 becomes the upload by
+    content and its pull step fetches the folder that upload returns, as for flows/."""
+    project = prefect_client.write_s3_project(tmp_path, "bench-candidate", "dispatch-x")
+    (spec,) = load_project(project)
+    assert (spec.name, spec.pool, spec.queue) == ("dispatch-x", "bench-candidate", "default")
+    assert (project / spec.flow_file).read_text() == prefect_client.FLOW_SOURCE
+    data = content_addressed(yaml.safe_load((project / "prefect.yaml").read_text()))
+    (push,) = data["push"]
+    assert push[PUSH_CODE]["folder"] == prefect_client.S3_CODE_FOLDER
+    (pull,) = data["pull"]
+    assert pull["prefect_aws.deployments.steps.pull_from_s3"]["folder"] == (
+        "{{ push-code.folder }}"
+    )
