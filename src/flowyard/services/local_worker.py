@@ -162,7 +162,13 @@ def _check_reachable(ctx: Context, user: pwd.struct_passwd) -> None:
 
 
 def prepare(ctx: Context) -> None:
+    _prepare(ctx)
+    # What a heartbeat must be newer than for this start's worker to be ready (is_registered).
+    _prepared_mark(ctx).parent.mkdir(parents=True, exist_ok=True)
     write_private(_prepared_mark(ctx), str(time.time()))
+
+
+def _prepare(ctx: Context) -> None:
     state = home(ctx)
     state.mkdir(parents=True, exist_ok=True)
     state.chmod(0o700)
