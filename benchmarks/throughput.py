@@ -29,6 +29,7 @@ from benchmarks.prefect_client import (
 from benchmarks.report import BenchResult
 from benchmarks.stats import rate
 from benchmarks.workers import WorkerKind, pool_name, running_worker
+from flowyard.config.context import Context
 from flowyard.platform.supervisor import Supervisor
 
 MiB = 2**20
@@ -40,6 +41,16 @@ async def _sample_peak_pss(pid: int, peak: dict[str, float], interval: float = 2
         pss, _ = procs.tree_pss_bytes(pid)
         peak["pss"] = max(peak.get("pss", 0), pss)
         await asyncio.sleep(interval)
+
+
+def _service_cpu(ctx: Context) -> dict[str, float]:
+    """CPU-seconds so far of each platform service's process tree (supervisord's programs;
+    a service restarted meanwhile would read low, which no batch here does)."""
+    return {
+        info["name"]: procs.tree_cpu_seconds(info["pid"])
+        for info in Supervisor(ctx.paths).all_info()
+        if info.get("pid")
+    }
 
 
 async def batch(
@@ -62,6 +73,7 @@ async def batch(
         idle_pss, _ = procs.tree_pss_bytes(worker.pid)
         baseline = procs.descendants(worker.pid)
         cpu0, server0 = procs.tree_cpu_seconds(worker.pid), procs.tree_cpu_seconds(server_pid)
+        services0 = _service_cpu(ctx)
         peak: dict[str, float] = {}
         sampler = asyncio.create_task(_sample_peak_pss(worker.pid, peak))
         try:
@@ -90,6 +102,10 @@ async def batch(
         wait_until(lambda: not (procs.descendants(worker.pid) - baseline), timeout=30)
         cpu = procs.tree_cpu_seconds(worker.pid) - cpu0
         server_cpu = procs.tree_cpu_seconds(server_pid) - server0
+        by_service = {
+            name: (seconds - services0.get(name, 0.0)) / n
+            for name, seconds in _service_cpu(ctx).items()
+        }
     return {
         "kind": kind.key,
         "runs": n,
@@ -101,6 +117,7 @@ async def batch(
         "worker_cpu_s": cpu,
         "worker_cpu_per_run_s": cpu / n,
         "platform_cpu_per_run_s": server_cpu / n,
+        "platform_cpu_per_run_by_service_s": by_service,
         "worker_idle_pss_mib": idle_pss / MiB,
         "worker_peak_pss_mib": peak.get("pss", 0) / MiB,
         "all_completed": all_done,
@@ -128,3 +145,11 @@ def run(env: BenchEnv, res: BenchResult) -> None:
         asyncio.run(run_both(env, res, "throughput", what, batch))
     finally:
         add_figures(res, ROWS)
+        split = res.details.get("candidate", {}).get("platform_cpu_per_run_by_service_s")
+        if split:
+            shares = sorted(split.items(), key=lambda kv: -kv[1])
+            res.notes.append(
+                "platform CPU per run of the candidate's batch, by service: "
+                + ", ".join(f"{name} {sec:.3f}" for name, sec in shares if sec >= 0.0005)
+                + " CPU-s (the rest of the platform's total is supervisord itself)"
+            )

@@ -3,10 +3,12 @@ upgrade these say whether the private name it replaces is still how MLflow start
 
 from __future__ import annotations
 
+import ast
 import inspect
 import os
 import subprocess
 import sys
+import textwrap
 
 import mlflow.server
 
@@ -18,9 +20,16 @@ def test_mlflow_starts_its_server_through_the_name_we_replace() -> None:
         "MLflow changed _run_server: it no longer starts the server through _exec_cmd"
     )
     # The command as its first argument and the server's environment as extra_env, which
-    # is what exec_instead runs.
-    source = inspect.getsource(mlflow.server._run_server)
-    assert "_exec_cmd(\n        full_command,\n        extra_env=env_map," in source
+    # is what exec_instead runs (read from the syntax tree: layout changes do not matter).
+    tree = ast.parse(textwrap.dedent(inspect.getsource(mlflow.server._run_server)))
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_exec_cmd"
+    ]
+    assert len(calls) == 1, "MLflow calls _exec_cmd more than once in _run_server"
+    assert len(calls[0].args) == 1, ast.dump(calls[0])
+    assert "extra_env" in {k.arg for k in calls[0].keywords}, ast.dump(calls[0])
 
 
 def test_the_process_becomes_the_command_with_mlflows_environment() -> None:

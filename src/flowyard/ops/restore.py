@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,13 @@ def _replaced(paths: Paths) -> list[Path]:
     ]
 
 
-def _flowyard_entry(paths: Paths, name: str) -> bool:
-    """Whether `name` at the top of a home is something Flowyard itself puts there: what a
+def _flowyard_entries(paths: Paths) -> Callable[[str], bool]:
+    """Whether a name at the top of a home is something Flowyard itself puts there: what a
     restore replaces, logs/, backups/, the lock, the write probe, or a temporary file of
     `write_private` (`.<name>.<random>.tmp`) that a crash left behind."""
     ours = {p.name for p in _replaced(paths)} | {"logs", "backups", LOCK_NAME, ".write-test"}
-    return name in ours or (name.endswith(".tmp") and any(name.startswith(f".{n}.") for n in ours))
+    temporary = tuple(f".{n}." for n in ours)
+    return lambda name: name in ours or (name.endswith(".tmp") and name.startswith(temporary))
 
 
 def _installed() -> dict[str, str]:
@@ -106,7 +108,8 @@ def _not_a_flowyard_home(home: Path) -> str | None:
         Secrets.model_validate(tomllib.loads(paths.secrets_file.read_text()))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValidationError):
         return "its flowyard.toml or secrets.toml is not Flowyard's"
-    foreign = sorted(p.name for p in home.iterdir() if not _flowyard_entry(paths, p.name))
+    ours = _flowyard_entries(paths)
+    foreign = sorted(p.name for p in home.iterdir() if not ours(p.name))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         return f"it holds entries Flowyard never creates ({shown})"

@@ -260,7 +260,7 @@ def _up(ctx: Context, progress: Progress, only: Collection[str] | None) -> list[
         sup.start()
     done = set()
     for service in targets:
-        if service.name in running and service.ready():
+        if service.name in running and is_ready(service, "RUNNING"):
             progress(service.name, "already running")
             done.add(service.name)
     graph = Graph([s for s in targets if s.name not in done], done)

@@ -81,8 +81,9 @@ def is_registered(ctx: Context) -> bool:
         return False
     if r.status_code != 200:
         return False
+    name = worker_name(ctx)
     return any(
-        w["name"] == worker_name(ctx)
+        w["name"] == name
         and w.get("last_heartbeat_time")
         and datetime.fromisoformat(w["last_heartbeat_time"]).timestamp() >= since
         for w in r.json()
@@ -164,8 +165,9 @@ def _check_reachable(ctx: Context, user: pwd.struct_passwd) -> None:
 def prepare(ctx: Context) -> None:
     _prepare(ctx)
     # What a heartbeat must be newer than for this start's worker to be ready (is_registered).
-    _prepared_mark(ctx).parent.mkdir(parents=True, exist_ok=True)
-    write_private(_prepared_mark(ctx), str(time.time()))
+    mark = _prepared_mark(ctx)
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    write_private(mark, str(time.time()))
 
 
 def _prepare(ctx: Context) -> None:
