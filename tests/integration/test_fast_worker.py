@@ -392,3 +392,70 @@ def test_killing_the_worker_crashes_its_runs_and_leaves_no_orphans(
     assert result(finished(trigger(ok), timeout=120))["pid"] > 0
     # The new worker removed the dead one's scratch directory (sockets, manifests).
     assert not (Path(tempfile.gettempdir()) / f"flowyard-worker-{worker}").exists()
+
+
+EXTRA = Path(__file__).parent / "projects" / "extra"
+
+
+def admin_s3(ctx: Context) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=ctx.config.proxy.s3_url,
+        aws_access_key_id=ctx.secrets.s3_access_key.get_secret_value(),
+        aws_secret_access_key=ctx.secrets.s3_secret_key.get_secret_value(),
+        region_name=ctx.config.object_store.region,
+        verify=str(ctx.paths.ca_cert),
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+def code_cache_entries(ctx: Context) -> list[Path]:
+    """The worker's kept copies of pulled code (flowyard.worker.code_cache), in its private
+    scratch directory, which is named by its pid under its own TMPDIR."""
+    worker = psutil.Process(worker_pid(ctx))
+    tmp = worker.environ().get("TMPDIR") or tempfile.gettempdir()
+    cache = Path(tmp, f"flowyard-worker-{worker.pid}", "code")
+    return [p for p in cache.iterdir() if not p.name.startswith(".")]
+
+
+def test_code_pulled_from_s3_is_kept_by_content_and_never_served_altered(
+    platform: Context,
+) -> None:
+    """A deployment made by `flowyard deploy` pulls its code from a content folder. The
+    worker keeps a copy after the first run: a later run needs nothing from S3 (its objects
+    are deleted here); a copy altered on disk is never run (the code is pulled again)."""
+    from tests.integration.conftest import flowyard_cli
+
+    out = flowyard_cli(platform, "deploy", str(EXTRA), "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    with client() as c:
+        deployment = c.read_deployment_by_name("hello/hello")
+    (step,) = deployment.pull_steps or []
+    args = step["prefect_aws.deployments.steps.pull_from_s3"]
+    bucket, folder = args["bucket"], args["folder"]
+    assert "@sha256-" in folder, folder  # a content folder: the only kind kept
+    assert result(finished(trigger(deployment.id, name="first"))) == "Hello, first!"
+    (entry,) = code_cache_entries(platform)
+
+    # The code gone from S3: only the kept copy can serve the next run.
+    s3 = admin_s3(platform)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{folder}/")["Contents"]]
+    saved = {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
+    for key in keys:
+        s3.delete_object(Bucket=bucket, Key=key)
+    try:
+        assert result(finished(trigger(deployment.id, name="cached"))) == "Hello, cached!"
+    finally:
+        for key, body in saved.items():
+            s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+    # An altered copy is discarded, and the code pulled from S3 again.
+    flow_file = entry / "src" / "extra_flows.py"
+    original = flow_file.read_bytes()
+    flow_file.write_bytes(original.replace(b"Hello,", b"Altered,"))
+    assert result(finished(trigger(deployment.id, name="again"))) == "Hello, again!"
+    (entry,) = code_cache_entries(platform)
+    assert (entry / "src" / "extra_flows.py").read_bytes() == original

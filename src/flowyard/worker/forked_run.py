@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any, NoReturn
 from uuid import UUID
 
+from flowyard.worker import code_cache
 from flowyard.worker.zygote_server import set_parent_death_signal
 
 # The interpreter's own sys.path, minus the zygote's script directory (sys.path[0]).
@@ -188,6 +189,9 @@ def _run(request: dict[str, Any]) -> int:
         finally:
             await APILogHandler.aflush()
 
+    if request.get("code_cache"):
+        # Code pulled by content folder is kept for this worker's later runs of it.
+        code_cache.install(Path(request["code_cache"]))
     # Pull steps run here, in this process, so what they change (cwd, sys.path, env) is
     # what the flow sees, as in the supervisor that execs the engine.
     workspace = anyio.run(prepare)

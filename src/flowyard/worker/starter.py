@@ -128,8 +128,10 @@ class ZygoteStarter:
         memory_limit_mb: int | None,
         control_channel: ControlChannel | None,
         deployment: DeploymentResponse | None = None,
+        code_cache: Path | None = None,
     ) -> None:
         self._pool = pool
+        self._code_cache = code_cache
         self._deployment = deployment
         self._warm_imports = warm_imports
         self._job_env = job_env
@@ -167,6 +169,8 @@ class ZygoteStarter:
                 "manifest_path": str(self._manifest_path),
                 "stream_output": self._stream_output,
                 "memory_limit_mb": self._memory_limit_mb,
+                # Where pulled code is kept between runs (flowyard.worker.code_cache).
+                "code_cache": str(self._code_cache) if self._code_cache else None,
                 "flow_run": flow_run.model_dump(mode="json"),
                 "deployment": self._deployment.model_dump(mode="json")
                 if self._deployment is not None

@@ -38,7 +38,7 @@ from prefect.flows import load_flow_from_flow_run
 from prefect.settings import PREFECT_WORKER_QUERY_SECONDS
 from prefect.workers.base import BaseWorker, BaseWorkerResult
 
-from flowyard.worker import rundir
+from flowyard.worker import code_cache, rundir
 from flowyard.worker.config import FlowyardJobConfiguration, FlowyardVariables
 from flowyard.worker.dispatch import Dispatcher
 from flowyard.worker.events import listen_for_scheduled_runs
@@ -110,6 +110,7 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
         # Set by start(): False for a run-once worker, which polls the stock way.
         self._event_driven = True
         self._manifests = Path("/nonexistent")
+        self._code_cache: Path | None = None
         # Runs a poll handed us that are not yet Pending on the server (see _poll).
         self._taking: set[UUID] = set()
         self._taken = anyio.Event()
@@ -123,6 +124,7 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
         self._exit_stack.callback(shutil.rmtree, scratch, ignore_errors=True)
         self._manifests = scratch / "runs"
         self._manifests.mkdir()
+        self._code_cache = code_cache.cache_dir(scratch)
         self._zygotes = ZygotePool(self._logger, scratch / "zygotes")
         # Exit stack is LIFO: runs are stopped (executors) before their zygotes go.
         self._exit_stack.push_async_callback(self._zygotes.close)
@@ -334,6 +336,7 @@ class FlowyardWorker(BaseWorker[FlowyardJobConfiguration, FlowyardVariables, Flo
             memory_limit_mb=config.memory_limit_mb,
             control_channel=control,
             deployment=config.deployment,
+            code_cache=self._code_cache,
         )
         return _RunStarter(
             warm,
