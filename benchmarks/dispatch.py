@@ -8,8 +8,10 @@ our polling, and every process is on this machine, so the clocks agree.
 
 Then the candidate worker alone runs the same flow deployed as the platform's deployments
 are (`flowyard deploy`'s own code): its code uploaded by content to the platform's code
-bucket and fetched by a pull_from_s3 step on every run. Those rows compare it with the same
-worker's local-code runs above: what pulling the code from S3 adds to each run.
+bucket, and a pull_from_s3 step in every run, which the `flowyard` worker serves from its own
+copy of the content folder after the first run (`flowyard.worker.code_cache`); a stock
+worker fetches it every time. Those rows compare it with the same worker's local-code runs
+above: what code from S3 adds to each run, on the path users take.
 """
 
 from __future__ import annotations
@@ -166,8 +168,9 @@ def run(env: BenchEnv, res: BenchResult) -> None:
     res.notes.append(
         "code from S3 rows: the candidate worker only, in a segment of its own after the "
         f"A-B-A ({env.plan.dispatch_runs} runs, same jitter), the flow deployed by `flowyard "
-        "deploy`'s own code (uploaded by content to the code bucket, a pull_from_s3 step "
-        "fetching it on every run); reference = the same worker's local-code runs"
+        "deploy`'s own code (uploaded by content to the code bucket; its pull_from_s3 step "
+        "fetches it on the first run, then the worker's copy serves it); reference = the "
+        "same worker's local-code runs"
     )
     try:
         asyncio.run(_run(env, res))

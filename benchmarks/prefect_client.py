@@ -43,7 +43,8 @@ def noop(x: int = 0, seconds: float = 0.0) -> int:
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # The same flow as a project `flowyard deploy` takes, its push and pull steps as in
 # flows/prefect.yaml: stock Prefect's push_to_s3 (which `flowyard deploy` turns into an upload
-# by content, `flowyard.projects.code`) and pull_from_s3, which fetches the code on every run.
+# by content, `flowyard.projects.code`) and pull_from_s3, in every run (served by the
+# `flowyard` worker from its copy of the content folder after the first, worker.code_cache).
 S3_CODE_FOLDER = "bench-noop"
 S3_PROJECT = """\
 name: bench-noop

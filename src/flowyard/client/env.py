@@ -39,6 +39,9 @@ DASK_TLS_KEYS = {
 # printed by rich to a log file nobody reads task by task: ~10 % of a tiny task's time on the
 # worker, py-spy) go to the API only, where the UI shows them; warnings still print.
 DASK_WORKER_ENV = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING"}
+# Every Dask worker's --preload, local and joined: flowyard.dask_cluster's `dask_setup`
+# closes the worker's plain-HTTP diagnostics server.
+DASK_WORKER_PRELOAD = "flowyard.dask_cluster"
 PATH_KEYS = frozenset({"PREFECT_HOME", "PREFECT_PROFILES_PATH", *DASK_TLS_KEYS.values()})
 
 

@@ -18,7 +18,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from flowyard.client.api import auth_header
-from flowyard.client.env import client_env
+from flowyard.client.env import DASK_WORKER_PRELOAD, client_env
 from flowyard.client.joinfile import JoinInfo
 from flowyard.client.profile import ClientProfile
 from flowyard.config.context import Context
@@ -270,5 +270,5 @@ def dask_worker_argv(
         str(home / "dask-worker"),
         # Closes the plain-HTTP diagnostics port and binds the listener to its host.
         "--preload",
-        "flowyard.dask_cluster",
+        DASK_WORKER_PRELOAD,
     ]

@@ -47,7 +47,12 @@ import httpx
 from cryptography import x509
 
 from flowyard import pki
-from flowyard.client.env import DASK_TLS_KEYS, DASK_WORKER_ENV, worker_client_env
+from flowyard.client.env import (
+    DASK_TLS_KEYS,
+    DASK_WORKER_ENV,
+    DASK_WORKER_PRELOAD,
+    worker_client_env,
+)
 from flowyard.client.profile import DASK_CA_CERT, DASK_CLIENT_CERT, DASK_CLIENT_KEY, DASK_DATA
 from flowyard.config.context import Context
 from flowyard.config.model import LOOPBACK
@@ -61,8 +66,6 @@ CA_CERT = DASK_CA_CERT
 CA_KEY = "ca.key"
 NODE_CERT = "node.crt"
 NODE_KEY = "node.key"
-# flowyard.dask_cluster's `dask_setup` closes each worker's plain-HTTP diagnostics server.
-PRELOAD = "flowyard.dask_cluster"
 SCHEDULER_PRELOAD = "flowyard.dask_comms"
 
 
@@ -203,7 +206,7 @@ def worker_command(ctx: Context, index: int) -> list[str]:
         "--local-directory",
         str(data(ctx) / f"worker-{index}"),
         "--preload",
-        PRELOAD,
+        DASK_WORKER_PRELOAD,
     ]
 
 
