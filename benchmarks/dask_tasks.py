@@ -16,10 +16,14 @@ Dask's per-task overhead.
 from __future__ import annotations
 
 import json
+import os
+import resource
 import subprocess
 import sys
 import textwrap
+import time
 
+from benchmarks import procs
 from benchmarks.harness import BenchEnv, say
 from benchmarks.report import BenchResult, Figure
 from flowyard.client.env import child_env
@@ -82,11 +86,41 @@ RAW = textwrap.dedent(
 )
 
 
+# What each way is called in the notes.
+WAYS = {
+    "raw": "raw Client.map",
+    "dask": "Prefect + task_runner()",
+    "plain": "Prefect + a plain DaskTaskRunner",
+    "threads": "Prefect + ThreadPoolTaskRunner",
+}
+
 # Tasks for the plain DaskTaskRunner (at most): its per-task cost is the point, not its total.
 PLAIN_TASKS = 200
+# The platform has settled when its services spent less than this in a second (an idle
+# platform with Dask spends about 0.1; one still recording task runs, a core or more), at
+# most this many seconds.
+SETTLED_CPU_S = 0.3
+SETTLE_POLLS = 30
 
 
-def _measure(env: BenchEnv, script: str, *args: str) -> float:
+def _settled_cpu(env: BenchEnv) -> dict[str, float]:
+    """Each service's CPU-seconds once the platform is done with what it was sent: Prefect's
+    services record task runs from their events a little after the flow's process exits."""
+    before = procs.service_cpu_seconds(env.platform)
+    for _ in range(SETTLE_POLLS):
+        time.sleep(1.0)
+        now = procs.service_cpu_seconds(env.platform)
+        if sum(now.values()) - sum(before.values()) < SETTLED_CPU_S:
+            return now
+        before = now
+    return before
+
+
+def _measure(env: BenchEnv, script: str, *args: str) -> tuple[float, dict[str, float]]:
+    """Seconds the fan-out took, and the CPU-seconds each process spent on it: the client's
+    and each platform service's, to when the platform settled."""
+    services0 = _settled_cpu(env)
+    client0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(
         [sys.executable, "-c", script, *args],
         env=child_env(env.platform, PREFECT_LOGGING_LEVEL="WARNING"),
@@ -94,9 +128,12 @@ def _measure(env: BenchEnv, script: str, *args: str) -> float:
         text=True,
         timeout=max(60.0, env.deadline.remaining()),
     )
+    client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise RuntimeError(f"{args}: {result.stderr.strip()[-1500:]}")
-    return float(json.loads(result.stdout.strip().splitlines()[-1])["seconds"])
+    cpu = {name: seconds - services0.get(name, 0.0) for name, seconds in _settled_cpu(env).items()}
+    cpu["client"] = (client1.ru_utime + client1.ru_stime) - (client0.ru_utime + client0.ru_stime)
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["seconds"]), cpu
 
 
 def run(env: BenchEnv, res: BenchResult) -> None:
@@ -108,25 +145,39 @@ def run(env: BenchEnv, res: BenchResult) -> None:
     address = child_env(env.platform)["DASK_SCHEDULER_ADDRESS"]
     res.candidate = f"Prefect flow, flowyard.dask_cluster.task_runner() ({address})"
     res.reference = "raw distributed.Client.map on the same cluster, through the proxy"
-    say(f"dask: {n} tiny tasks, raw Client.map")
-    raw = _measure(env, RAW, str(n))
-    say(f"dask: {n} tiny tasks, Prefect + DaskTaskRunner")
-    dask = _measure(env, PREFECT, str(n), "dask")
-    # Half a second a task without the caches: fewer tasks keep the row within its time.
-    n_plain = min(n, PLAIN_TASKS)
-    say(f"dask: {n_plain} tiny tasks, Prefect + a plain DaskTaskRunner")
-    plain = _measure(env, PREFECT, str(n_plain), "dask-plain")
-    say(f"dask: {n} tiny tasks, Prefect + ThreadPoolTaskRunner")
-    threads = _measure(env, PREFECT, str(n), "threads")
-    seconds = {"raw": raw, "dask": dask, "plain": plain, "threads": threads}
-    tasks = {"raw": n, "dask": n, "plain": n_plain, "threads": n}
+    ways: dict[str, tuple[str, ...]] = {
+        "raw": (RAW, str(n)),
+        "dask": (PREFECT, str(n), "dask"),
+        # Half a second a task without the caches: fewer tasks keep the row within its time.
+        "plain": (PREFECT, str(min(n, PLAIN_TASKS)), "dask-plain"),
+        "threads": (PREFECT, str(n), "threads"),
+    }
+    seconds: dict[str, float] = {}
+    cpu: dict[str, dict[str, float]] = {}
+    for way, (script, *args) in ways.items():
+        say(f"dask: {args[0]} tiny tasks, {WAYS[way]}")
+        seconds[way], cpu[way] = _measure(env, script, *args)
+    tasks = {way: int(args[1]) for way, args in ways.items()}
+    n_plain = tasks["plain"]
     ms = {k: v / tasks[k] * 1000 for k, v in seconds.items()}
-    res.details.update(tasks=tasks, seconds=seconds)
+    cpu_ms = {
+        way: {name: s / tasks[way] * 1000 for name, s in by_process.items() if s > 0}
+        for way, by_process in cpu.items()
+    }
+    res.details.update(tasks=tasks, seconds=seconds, cpu_ms_per_task=cpu_ms)
     workers = env.platform.config.dask
     res.notes.append(
         f"{workers.workers} local Dask worker(s) x {workers.effective_threads} thread(s); "
         f"goal: task_runner() per task <= 2x raw Dask's ({ms['dask'] / ms['raw']:.1f}x here)"
     )
+    for way in ("dask", "raw", "threads"):
+        split = sorted(cpu_ms[way].items(), key=lambda item: -item[1])
+        res.notes.append(
+            f"CPU per task, {WAYS[way]}: {sum(cpu_ms[way].values()):.1f} ms on "
+            f"{os.cpu_count()} cores ("
+            + ", ".join(f"{name} {value:.2f}" for name, value in split if value >= 0.05)
+            + "; the flow's or client's own process is `client`)"
+        )
     res.add(
         Figure("per task: task_runner() vs raw Client.map", "ms", ms["dask"], ms["raw"], n=n),
         Figure(

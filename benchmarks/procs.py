@@ -15,6 +15,9 @@ import time
 
 import psutil
 
+from flowyard.config.context import Context
+from flowyard.platform.supervisor import Supervisor
+
 # Variables of the shell running the benchmark that must not reach what it starts.
 _CLIENT_PREFIXES = ("PREFECT_", "AWS_", "MLFLOW_", "FLOWYARD_")
 
@@ -42,6 +45,16 @@ def tree_cpu_seconds(pid: int) -> float:
             t = proc.cpu_times()
             total += t.user + t.system + t.children_user + t.children_system
     return total
+
+
+def service_cpu_seconds(ctx: Context) -> dict[str, float]:
+    """CPU-seconds so far of each platform service's process tree (supervisord's programs;
+    a service restarted meanwhile would read low, which no benchmark here does)."""
+    return {
+        info["name"]: tree_cpu_seconds(info["pid"])
+        for info in Supervisor(ctx.paths).all_info()
+        if info.get("pid")
+    }
 
 
 def tree_pss_bytes(pid: int) -> tuple[int, int]:

@@ -29,7 +29,6 @@ from benchmarks.prefect_client import (
 from benchmarks.report import BenchResult
 from benchmarks.stats import rate
 from benchmarks.workers import WorkerKind, pool_name, running_worker
-from flowyard.config.context import Context
 from flowyard.platform.supervisor import Supervisor
 
 MiB = 2**20
@@ -41,16 +40,6 @@ async def _sample_peak_pss(pid: int, peak: dict[str, float], interval: float = 2
         pss, _ = procs.tree_pss_bytes(pid)
         peak["pss"] = max(peak.get("pss", 0), pss)
         await asyncio.sleep(interval)
-
-
-def _service_cpu(ctx: Context) -> dict[str, float]:
-    """CPU-seconds so far of each platform service's process tree (supervisord's programs;
-    a service restarted meanwhile would read low, which no batch here does)."""
-    return {
-        info["name"]: procs.tree_cpu_seconds(info["pid"])
-        for info in Supervisor(ctx.paths).all_info()
-        if info.get("pid")
-    }
 
 
 async def batch(
@@ -73,7 +62,7 @@ async def batch(
         idle_pss, _ = procs.tree_pss_bytes(worker.pid)
         baseline = procs.descendants(worker.pid)
         cpu0, server0 = procs.tree_cpu_seconds(worker.pid), procs.tree_cpu_seconds(server_pid)
-        services0 = _service_cpu(ctx)
+        services0 = procs.service_cpu_seconds(ctx)
         peak: dict[str, float] = {}
         sampler = asyncio.create_task(_sample_peak_pss(worker.pid, peak))
         try:
@@ -104,7 +93,7 @@ async def batch(
         server_cpu = procs.tree_cpu_seconds(server_pid) - server0
         by_service = {
             name: (seconds - services0.get(name, 0.0)) / n
-            for name, seconds in _service_cpu(ctx).items()
+            for name, seconds in procs.service_cpu_seconds(ctx).items()
         }
     return {
         "kind": kind.key,

@@ -14,7 +14,10 @@ It is a leaf like `flowyard.tracking` (flows import it on machines that have onl
 client), so it reads nothing of the platform's config.
 
 Importing it also removes two costs Prefect 3.9 pays for every task it sends to Dask, each
-for an answer that does not change from one task to the next (`_cache_prefect_context_costs`).
+for an answer that does not change from one task to the next (`_cache_prefect_context_costs`),
+and `task_runner()` sends each task to Dask without the per-task closure and tokenized key
+prefect-dask makes for it (`prefect_task_call` says why): on Dask, Prefect's per-task costs
+are paid by every process on the way (the flow's, the proxy, the scheduler, the worker).
 
 `dask_setup` is the `--preload` of the platform's Dask workers (local and joined): it loads
 Prefect's integrations (a task's context needs the results block type) and closes
@@ -25,20 +28,26 @@ its mutual-TLS comm port (services.dask says why).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
 import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
+import distributed
+from dask.utils import funcname
 from prefect_dask import DaskTaskRunner
+from prefect_dask.task_runners import PrefectDaskFuture
 
 from flowyard import dask_comms
 
 if TYPE_CHECKING:
     from distributed import Worker
+    from prefect.tasks import Task
 
 ADDRESS_VAR = "DASK_SCHEDULER_ADDRESS"
 
@@ -75,6 +84,87 @@ class PlatformDaskTaskRunner(DaskTaskRunner):
                 scheduler_address()
         super().__enter__()
         return self
+
+    def submit(  # type: ignore[override]
+        self,
+        task: Task[Any, Any],
+        parameters: dict[str, Any],
+        wait_for: Iterable[PrefectDaskFuture[Any]] | None = None,
+        dependencies: dict[str, set[Any]] | None = None,
+    ) -> PrefectDaskFuture[Any]:
+        """prefect-dask's submit, sent the cheap way (`prefect_task_call` says why)."""
+        if not self._started:
+            raise RuntimeError("The task runner must be started before submitting work.")
+        call = prefect_task_call(
+            task,
+            self._optimize_futures(parameters),
+            self._optimize_futures(wait_for) if wait_for else None,
+            dependencies,
+        )
+        key = f"{funcname(task.fn)}-{call['task_run_id'].hex}"
+        # distributed's own submit: prefect-dask's PrefectDaskClient.submit would wrap the
+        # task in a new closure again.
+        future = distributed.Client.submit(
+            self.client, run_prefect_task, key=key, pure=False, **call
+        )
+        return PrefectDaskFuture(wrapped_future=future, task_run_id=call["task_run_id"])
+
+
+def prefect_task_call(
+    task: Task[Any, Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    dependencies: dict[str, set[Any]] | None,
+) -> dict[str, Any]:
+    """The keyword arguments prefect-dask 0.3's `PrefectDaskClient.submit` gives Prefect's
+    task engine for a task (test_dask.py compares the two), to be sent with
+    `run_prefect_task` under a key made from the task run's id.
+
+    prefect-dask sends each task as a new closure under a key dask derives by tokenizing
+    the closure and every argument, the task's serialized context included: the flow's
+    process pickles all of it twice, and the scheduler pickles the closure again to pass
+    it on (py-spy, 1,000 tiny tasks: tokenizing alone was 60 % of the flow process's submit
+    time). The task run's id is a fresh uuid4, so the tokenized key could never be shared
+    with another task anyway: a key made from that id names the same task exactly, and a
+    module-level function is pickled as its name."""
+    from prefect.context import serialize_context
+    from prefect.utilities.engine import collect_task_run_inputs_sync
+
+    task_run_id = uuid4()
+    inputs = {
+        name: collect_task_run_inputs_sync(value, future_cls=distributed.Future)
+        for name, value in parameters.items()
+    }
+    if dependencies:
+        inputs = {name: deps.union(dependencies.get(name, set())) for name, deps in inputs.items()}
+    context = serialize_context(
+        asset_ctx_kwargs={
+            "task": task,
+            "task_run_id": task_run_id,
+            "task_inputs": inputs,
+            "copy_to_child_ctx": True,
+        }
+    )
+    return {
+        "task": task,
+        "task_run_id": task_run_id,
+        "wait_for": wait_for,
+        "return_type": "state",
+        "parameters": parameters,
+        "dependencies": inputs,
+        "context": context,
+    }
+
+
+def run_prefect_task(**call: Any) -> Any:
+    """Run a task sent by `PlatformDaskTaskRunner.submit` on a Dask worker, as
+    prefect-dask's per-task closure does. The platform's Dask workers preload this module,
+    so it travels as its name."""
+    from prefect.task_engine import run_task_async, run_task_sync
+
+    if call["task"].isasync:
+        return asyncio.run(run_task_async(**call))
+    return run_task_sync(**call)
 
 
 def _in_dask_worker() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -369,3 +370,59 @@ def test_api_clients_on_a_dask_worker_share_one_verified_tls_context(tmp_path: P
         ca.write_text(ca.read_text())  # rewritten (a rotated CA): a new context
         os.utime(ca, ns=(0, ca.stat().st_mtime_ns + 10**9))
         assert tls(SyncPrefectClient(url)) is not ours
+
+
+def test_the_platform_runner_sends_a_task_as_prefect_dask_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`PlatformDaskTaskRunner.submit` gives Prefect's task engine the arguments
+    prefect-dask's own `PrefectDaskClient.submit` gives it; only the envelope differs: a
+    module-level function instead of a new closure, under a key named by the task run's id
+    instead of one dask tokenizes from every argument."""
+    from types import SimpleNamespace
+
+    import distributed
+    from prefect import task
+    from prefect_dask.client import PrefectDaskClient
+
+    from flowyard import dask_cluster
+
+    @task
+    def tiny(x: int) -> int:
+        return x + 1
+
+    sent: list[dict[str, Any]] = []
+
+    def capture(_client: object, func: Any, *args: Any, **kwargs: Any) -> SimpleNamespace:
+        assert not args
+        sent.append({"func": func, **kwargs})
+        return SimpleNamespace()
+
+    options = inspect.signature(distributed.Client.submit).parameters
+    monkeypatch.setattr(distributed.Client, "submit", capture)
+    PrefectDaskClient.submit(
+        PrefectDaskClient.__new__(PrefectDaskClient),
+        tiny,
+        parameters={"x": 1},
+        wait_for=None,
+        dependencies={"x": set()},
+        return_type="state",
+    )
+    runner = dask_cluster.task_runner()
+    runner._started, runner._client = True, object()  # type: ignore[assignment]
+    future = runner.submit(tiny, {"x": 1}, dependencies={"x": set()})
+    prefect_dask, ours = sent
+
+    # What goes to the task's function: every keyword that is not one of distributed's own.
+    engine = [{k: v for k, v in call.items() if k not in options} for call in sent]
+    for call in engine:  # what names one task run differs between any two submits
+        task_run_id = call.pop("task_run_id")
+        assert call["context"]["asset_context"].pop("task_run_id") == str(task_run_id)
+    assert engine[1] == engine[0] != {}
+    # prefect-dask's options for distributed are distributed's defaults, which ours are.
+    chosen = set(prefect_dask) & set(options) - {"func", "pure"}
+    assert {k: prefect_dask[k] for k in chosen} == {k: options[k].default for k in chosen}
+    assert prefect_dask["func"].__wrapped__ is tiny and prefect_dask["pure"]
+    assert ours["func"] is dask_cluster.run_prefect_task
+    assert (ours["key"], ours["pure"]) == (f"tiny-{ours['task_run_id'].hex}", False)
+    assert future.task_run_id == ours["task_run_id"]

@@ -93,13 +93,13 @@ def _entry(cache: Path, bucket: str, folder: str) -> Path:
     return cache / key
 
 
-def _keep(cache: Path, entry: Path, pulled: Path, expected: str) -> None:
+def _keep(entry: Path, pulled: Path, expected: str) -> None:
     """Copy a fresh pull into the cache if it is the code its folder names (best effort)."""
     rels = _intact(pulled, expected)
     if rels is None:
         return
     with contextlib.suppress(OSError):
-        staging = Path(tempfile.mkdtemp(dir=cache, prefix=".incoming-"))
+        staging = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".incoming-"))
         try:
             _copy(pulled, staging, rels)
             # Atomic: a run reads a complete copy or none. Another run may have kept the
@@ -118,16 +118,16 @@ def pull(
     client_parameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`pull_from_s3`, served from `cache` when it holds this content folder intact."""
-    match = _CONTENT_FOLDER.match(folder.strip("/"))
+    name = folder.strip("/")
+    match = _CONTENT_FOLDER.match(name)
+    entry = _entry(cache, bucket, name)
     here = Path.cwd()
-    if match is not None:
-        entry = _entry(cache, bucket, folder.strip("/"))
-        if entry.is_dir():
-            rels = _intact(entry, match["digest"])
-            if rels is not None:
-                _copy(entry, here, rels)
-                return {"bucket": bucket, "folder": folder, "directory": str(here)}
-            shutil.rmtree(entry, ignore_errors=True)
+    if match is not None and entry.is_dir():
+        rels = _intact(entry, match["digest"])
+        if rels is not None:
+            _copy(entry, here, rels)
+            return {"bucket": bucket, "folder": folder, "directory": str(here)}
+        shutil.rmtree(entry, ignore_errors=True)
     result = dict(
         original(
             bucket=bucket,
@@ -137,13 +137,14 @@ def pull(
         )
     )
     if match is not None:
-        _keep(cache, _entry(cache, bucket, folder.strip("/")), here, match["digest"])
+        _keep(entry, here, match["digest"])
     return result
 
 
 def install(cache: Path) -> bool:
-    """Serve prefect-aws's `pull_from_s3` through `cache` in this process (a forked run,
-    before its pull steps: Prefect looks the step up by name each time). False when
+    """Serve prefect-aws's `pull_from_s3` through `cache` (made by `cache_dir`) in this
+    process (a forked run, before its pull steps: Prefect looks the step up by name each
+    time). False when
     prefect-aws is not installed, which leaves nothing to wrap."""
     try:
         import prefect_aws.deployments.steps as steps
@@ -153,7 +154,6 @@ def install(cache: Path) -> bool:
     if getattr(original, "__flowyard_cache__", None) == str(cache):
         return True
     original = getattr(original, "__wrapped__", original)
-    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     @functools.wraps(original)
     def pull_from_s3(
