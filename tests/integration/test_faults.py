@@ -182,18 +182,54 @@ def test_prefect_api_kill_9_during_a_run(yard: Context) -> None:
     assert result_value(yard, run) == "x" * 1000
 
 
-def test_caddy_restart_with_open_websockets(yard: Context) -> None:
-    """An events client holds the /api/events/in websocket through Caddy across a restart;
-    a flow run is in flight at the same time. Every event is recorded, the run completes."""
-    resource = f"flowyard.test.{uuid.uuid4()}"
-    client = subprocess.Popen(
+def events_client(ctx: Context, resource: str) -> subprocess.Popen[str]:
+    """EVENTS_CLIENT below for `resource`, through the proxy as a flow run's client."""
+    return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(EVENTS_CLIENT), resource],
-        env=child_env(yard),
+        env=child_env(ctx),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_prefect_api_kill_9_keeps_the_events_it_received(yard: Context) -> None:
+    """guarantee: an event the API received over its websocket, which the client counts as
+    delivered once the API answered its checkpoint, is recorded even if the API is killed a
+    second later and the client is gone (stock prefect-redis could still hold it, to publish
+    with others up to 10 s later)."""
+    resource = f"flowyard.test.{uuid.uuid4()}"
+    client = events_client(yard, resource)
+    try:
+        assert client.stdout is not None
+        if client.stdout.readline().strip() != "before-sent":
+            client.kill()
+            raise AssertionError(client.communicate()[1][-3000:])
+        time.sleep(1)
+        old = supervisor_pid(yard, "prefect-api")
+        os.kill(old, signal.SIGKILL)
+    finally:
+        # Gone with the API: it can never send its events again.
+        client.kill()
+        client.communicate()
+    wait_for(
+        lambda: supervisor_pid(yard, "prefect-api") != old and prefect_api.is_ready(yard),
+        timeout=120,
+        what="the API restarted by supervisord",
+    )
+    wait_for(
+        lambda: len(events(yard, resource, "flowyard.test.before-restart")) == 3,
+        60,
+        "the three events the killed API had received recorded",
+    )
+
+
+def test_caddy_restart_with_open_websockets(yard: Context) -> None:
+    """An events client holds the /api/events/in websocket through Caddy across a restart;
+    a flow run is in flight at the same time. Every event is recorded, the run completes."""
+    resource = f"flowyard.test.{uuid.uuid4()}"
+    client = events_client(yard, resource)
     run_id = create_run(yard, "steady/steady", seconds=15)
     try:
         assert client.stdout is not None and client.stdin is not None

@@ -90,8 +90,10 @@ def stock(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     code = """
 import json
 from prefect.settings import get_current_settings
+from prefect_redis.messaging import RedisMessagingPublisherSettings
 s = get_current_settings()
 print(json.dumps({
+    "publisher_batch": RedisMessagingPublisherSettings().batch_size,
     "persist_by_default": s.results.persist_by_default,
     "default_storage_block": s.results.default_storage_block,
     "heartbeat_frequency": s.flows.heartbeat_frequency,
@@ -179,6 +181,19 @@ def test_server_settings(server: dict[str, str], stock: dict[str, Any]) -> None:
     assert server["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] == "false"
     assert stock["broker"] == "prefect.server.utilities.messaging.memory"
     assert server["PREFECT_MESSAGING_BROKER"] == "prefect_redis.messaging"
+    # Events a client sent are published as they arrive, not held for a batch.
+    assert stock["publisher_batch"] == 5
+    assert server["PREFECT_REDIS_MESSAGING_PUBLISHER_BATCH_SIZE"] == "1"
+
+
+def test_the_event_publisher_reads_its_batch_size_from_the_platforms_setting(
+    server: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect_redis.messaging import Publisher
+
+    name = "PREFECT_REDIS_MESSAGING_PUBLISHER_BATCH_SIZE"
+    monkeypatch.setenv(name, server[name])
+    assert Publisher("events", cache=None).batch_size == 1
 
 
 # --- worker --------------------------------------------------------------------------------

@@ -98,6 +98,14 @@ def prefect_env(ctx: Context) -> dict[str, str]:
         "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
         "PREFECT_REDIS_MESSAGING_URL": url(ctx, MESSAGING_DB),
         "PREFECT_SERVER_DOCKET_URL": url(ctx, DOCKET_DB),
+        # prefect-redis holds what it is to publish in batches of 5, sent every 10 s: an
+        # event a client sent over the API's /events/in websocket (a run's heartbeats, task
+        # runs' states) would wait there up to 10 s, and die with the API if it is killed,
+        # although the client already counts it delivered (its checkpoint is a ping the
+        # API's websocket answers). One at a time costs one more round trip to Redis an
+        # event (its duplicate check), no more writes: a batch is written one message at a
+        # time too. tests/integration/test_faults.py shows the difference.
+        "PREFECT_REDIS_MESSAGING_PUBLISHER_BATCH_SIZE": "1",
     }
 
 
