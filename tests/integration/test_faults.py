@@ -13,6 +13,7 @@ The local worker is the default pool's `flowyard` worker (docs/workers.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,13 +29,15 @@ from typing import Any
 
 import psutil
 import pytest
+import redis
 from botocore.exceptions import ClientError
 
 from flowyard.client.env import child_env
 from flowyard.config.context import Context
 from flowyard.platform import lifecycle
 from flowyard.platform.supervisor import Supervisor
-from flowyard.services import caddy, prefect_api, seaweedfs
+from flowyard.services import caddy, prefect_api, prefect_services, seaweedfs
+from flowyard.services import redis as redis_service
 from flowyard.testing import running_platform
 from flowyard.waiting import wait_until
 from tests.integration.conftest import flowyard_cli
@@ -166,16 +169,21 @@ def test_worker_killed_mid_run_is_restarted_and_leaves_no_orphans(
     # (The restarted worker runs every later test's flow runs.)
 
 
+def wait_api_restarted(ctx: Context, old_pid: int) -> None:
+    """Until supervisord has replaced the API process `old_pid` and the new one is ready."""
+    wait_for(
+        lambda: supervisor_pid(ctx, "prefect-api") != old_pid and prefect_api.is_ready(ctx),
+        timeout=120,
+        what="the API restarted by supervisord",
+    )
+
+
 def test_prefect_api_kill_9_during_a_run(yard: Context) -> None:
     run_id = create_run(yard, "steady/steady", seconds=20)
     wait_state(yard, run_id, {"RUNNING"}, timeout=240)
     old = supervisor_pid(yard, "prefect-api")
     os.kill(old, signal.SIGKILL)
-    wait_for(
-        lambda: supervisor_pid(yard, "prefect-api") != old and prefect_api.is_ready(yard),
-        timeout=120,
-        what="the API restarted by supervisord",
-    )
+    wait_api_restarted(yard, old)
     # The flow-run process retried its calls through the outage (502s from the proxy).
     run = wait_state(yard, run_id, TERMINAL, timeout=240)
     assert run["state_type"] == "COMPLETED", run["state"]
@@ -194,34 +202,82 @@ def events_client(ctx: Context, resource: str) -> subprocess.Popen[str]:
     )
 
 
+@contextlib.contextmanager
+def three_events_sent(ctx: Context, resource: str) -> Iterator[None]:
+    """EVENTS_CLIENT below has sent its first three events about `resource`, each confirmed;
+    on leaving, the client is killed, so it can never send them again."""
+    client = events_client(ctx, resource)
+    try:
+        assert client.stdout is not None
+        if client.stdout.readline().strip() != "before-sent":
+            client.kill()
+            raise AssertionError(client.communicate()[1][-3000:])
+        yield
+    finally:
+        if client.returncode is None:
+            client.kill()
+            client.communicate()
+
+
 def test_prefect_api_kill_9_keeps_the_events_it_received(yard: Context) -> None:
     """guarantee: an event the API received over its websocket, which the client counts as
     delivered once the API answered its checkpoint, is recorded even if the API is killed a
     second later and the client is gone (stock prefect-redis could still hold it, to publish
     with others up to 10 s later)."""
     resource = f"flowyard.test.{uuid.uuid4()}"
-    client = events_client(yard, resource)
-    try:
-        assert client.stdout is not None
-        if client.stdout.readline().strip() != "before-sent":
-            client.kill()
-            raise AssertionError(client.communicate()[1][-3000:])
+    with three_events_sent(yard, resource):
         time.sleep(1)
         old = supervisor_pid(yard, "prefect-api")
         os.kill(old, signal.SIGKILL)
-    finally:
-        # Gone with the API: it can never send its events again.
-        client.kill()
-        client.communicate()
-    wait_for(
-        lambda: supervisor_pid(yard, "prefect-api") != old and prefect_api.is_ready(yard),
-        timeout=120,
-        what="the API restarted by supervisord",
-    )
+    wait_api_restarted(yard, old)
     wait_for(
         lambda: len(events(yard, resource, "flowyard.test.before-restart")) == 3,
         60,
         "the three events the killed API had received recorded",
+    )
+
+
+def persister_acknowledged(ctx: Context, resource: str, count: int) -> bool:
+    """Prefect's event persister has taken `count` events about `resource` from Redis and
+    acknowledged each (read past them, none of them pending)."""
+    with redis.Redis.from_url(redis_service.url(ctx, redis_service.MESSAGING_DB)) as conn:
+        ours = [
+            entry_id
+            for entry_id, fields in conn.xrevrange("events", count=500)
+            if resource.encode() in fields[b"data"]
+        ]
+        group = next(g for g in conn.xinfo_groups("events") if g["name"] == b"event-persister")
+        pending = {
+            p["message_id"] for p in conn.xpending_range("events", "event-persister", "-", "+", 500)
+        }
+    delivered = tuple(map(int, group["last-delivered-id"].split(b"-")))
+    return (
+        len(ours) == count
+        and all(tuple(map(int, i.split(b"-"))) <= delivered for i in ours)
+        and not pending.intersection(ours)
+    )
+
+
+def test_prefect_services_kill_9_keeps_the_events_they_acknowledged(yard: Context) -> None:
+    """guarantee: an event Prefect's event persister has acknowledged in Redis is recorded,
+    even if the background services are killed (kill -9) at once (stock Prefect acknowledges
+    an event when it queues it in memory, and writes the queue 20 at a time or every 5 s)."""
+    resource = f"flowyard.test.{uuid.uuid4()}"
+    with three_events_sent(yard, resource):
+        # Polled often: stock Prefect's 5 s flush must not get in before the kill.
+        if not wait_until(lambda: persister_acknowledged(yard, resource, 3), 30, interval=0.05):
+            raise AssertionError("the event persister never acknowledged the three events")
+        old = supervisor_pid(yard, prefect_services.NAME)
+        os.kill(old, signal.SIGKILL)
+    wait_for(
+        lambda: supervisor_pid(yard, prefect_services.NAME) != old,
+        60,
+        "the background services restarted by supervisord",
+    )
+    wait_for(
+        lambda: len(events(yard, resource, "flowyard.test.before-restart")) == 3,
+        90,
+        "the three events the killed services had acknowledged recorded",
     )
 
 

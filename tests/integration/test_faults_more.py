@@ -193,12 +193,6 @@ def states(ctx: Context, run_id: str) -> list[str]:
     return [s["type"] for s in api(ctx, "GET", "/flow_run_states/", params={"flow_run_id": run_id})]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Flaky, cause not found: in one of four runs no heartbeat of the run was recorded "
-    "for 60 s after a 6 s API crash (they were recorded minutes later), so the promise below "
-    "is not yet a guarantee. Not strict: it passes in most runs.",
-)
 def test_api_outage_within_the_promised_length(yard: Context) -> None:
     """guarantee: an API outage shorter than `hygiene.zombie_heartbeat_seconds` - 60 s (60 s
     here), even one that starts just before a heartbeat is due, never marks a healthy run
@@ -536,15 +530,9 @@ def services_log(ctx: Context, run_id: str) -> list[str]:
     return [line[-300:] for line in lines if run_id in line or "Error" in line][-20:]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Flaky, cause not found: in three of five runs the run in flight at the power loss "
-    "stayed Running 180 s after `up` (its process gone, no heartbeat since, no trigger bucket "
-    "left for it); in two it was Crashed in time. Not strict: it passes in some runs.",
-)
 def test_power_loss_run_in_flight_ends_crashed(yard: Context) -> None:
-    """guarantee (not yet met): the run in flight at the power loss ends Crashed within the
-    zombie threshold plus 60 s of `up`, not Running for ever."""
+    """guarantee: the run in flight at the power loss ends Crashed within the zombie threshold
+    plus 60 s of `up`, not Running for ever."""
     if not POWER_LOSS:
         pytest.skip("test_power_loss did not get that far")
     in_flight = POWER_LOSS["in_flight"]

@@ -94,6 +94,7 @@ from prefect_redis.messaging import RedisMessagingPublisherSettings
 s = get_current_settings()
 print(json.dumps({
     "publisher_batch": RedisMessagingPublisherSettings().batch_size,
+    "persister_batch": s.server.services.event_persister.batch_size,
     "persist_by_default": s.results.persist_by_default,
     "default_storage_block": s.results.default_storage_block,
     "heartbeat_frequency": s.flows.heartbeat_frequency,
@@ -184,6 +185,9 @@ def test_server_settings(server: dict[str, str], stock: dict[str, Any]) -> None:
     # Events a client sent are published as they arrive, not held for a batch.
     assert stock["publisher_batch"] == 5
     assert server["PREFECT_REDIS_MESSAGING_PUBLISHER_BATCH_SIZE"] == "1"
+    # Events the services took from Redis are written before they are acknowledged.
+    assert stock["persister_batch"] == 20
+    assert server["PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE"] == "1"
 
 
 def test_the_event_publisher_reads_its_batch_size_from_the_platforms_setting(
@@ -194,6 +198,16 @@ def test_the_event_publisher_reads_its_batch_size_from_the_platforms_setting(
     name = "PREFECT_REDIS_MESSAGING_PUBLISHER_BATCH_SIZE"
     monkeypatch.setenv(name, server[name])
     assert Publisher("events", cache=None).batch_size == 1
+
+
+def test_the_event_persister_reads_its_batch_size_from_the_platforms_setting(
+    server: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.settings import Settings
+
+    name = "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE"
+    monkeypatch.setenv(name, server[name])
+    assert Settings().server.services.event_persister.batch_size == 1
 
 
 # --- worker --------------------------------------------------------------------------------

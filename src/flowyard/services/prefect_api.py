@@ -55,6 +55,11 @@ def server_env(ctx: Context) -> dict[str, str]:
             hygiene.retention.flow_runs_days * 86400
         ),
         "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": f"P{hygiene.retention.events_days}D",
+        # Prefect's event persister acknowledges an event in Redis when it queues it in
+        # memory, and writes the queue 20 events at a time or every 5 s: a kill -9 of the
+        # background services lost what it had queued. One at a time, the event is written
+        # before it is acknowledged (tests/integration/test_faults.py shows the difference).
+        "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "1",
     }
     env.update(redis.prefect_env(ctx))
     return env

@@ -144,8 +144,7 @@ def pull(
 def install(cache: Path) -> bool:
     """Serve prefect-aws's `pull_from_s3` through `cache` (made by `cache_dir`) in this
     process (a forked run, before its pull steps: Prefect looks the step up by name each
-    time). False when
-    prefect-aws is not installed, which leaves nothing to wrap."""
+    time). False when prefect-aws is not installed, which leaves nothing to wrap."""
     try:
         import prefect_aws.deployments.steps as steps
     except ImportError:
