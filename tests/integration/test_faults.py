@@ -203,16 +203,17 @@ def events_client(ctx: Context, resource: str) -> subprocess.Popen[str]:
 
 
 @contextlib.contextmanager
-def three_events_sent(ctx: Context, resource: str) -> Iterator[None]:
-    """EVENTS_CLIENT below has sent its first three events about `resource`, each confirmed;
-    on leaving, the client is killed, so it can never send them again."""
+def three_events_sent(ctx: Context, resource: str) -> Iterator[subprocess.Popen[str]]:
+    """EVENTS_CLIENT below, once it has sent its first three events about `resource`, each
+    confirmed; on leaving, the client is killed if still running, so it can never send
+    them again."""
     client = events_client(ctx, resource)
     try:
         assert client.stdout is not None
         if client.stdout.readline().strip() != "before-sent":
             client.kill()
             raise AssertionError(client.communicate()[1][-3000:])
-        yield
+        yield client
     finally:
         if client.returncode is None:
             client.kill()
@@ -250,10 +251,14 @@ def persister_acknowledged(ctx: Context, resource: str, count: int) -> bool:
         pending = {
             p["message_id"] for p in conn.xpending_range("events", "event-persister", "-", "+", 500)
         }
-    delivered = tuple(map(int, group["last-delivered-id"].split(b"-")))
+
+    def position(entry_id: bytes) -> tuple[int, ...]:  # "<ms>-<seq>", ordered numerically
+        return tuple(map(int, entry_id.split(b"-")))
+
+    delivered = position(group["last-delivered-id"])
     return (
         len(ours) == count
-        and all(tuple(map(int, i.split(b"-"))) <= delivered for i in ours)
+        and all(position(i) <= delivered for i in ours)
         and not pending.intersection(ours)
     )
 
@@ -285,13 +290,9 @@ def test_caddy_restart_with_open_websockets(yard: Context) -> None:
     """An events client holds the /api/events/in websocket through Caddy across a restart;
     a flow run is in flight at the same time. Every event is recorded, the run completes."""
     resource = f"flowyard.test.{uuid.uuid4()}"
-    client = events_client(yard, resource)
-    run_id = create_run(yard, "steady/steady", seconds=15)
-    try:
-        assert client.stdout is not None and client.stdin is not None
-        if client.stdout.readline().strip() != "before-sent":
-            client.kill()
-            raise AssertionError(client.communicate()[1][-3000:])
+    with three_events_sent(yard, resource) as client:
+        run_id = create_run(yard, "steady/steady", seconds=15)
+        assert client.stdin is not None
         wait_state(yard, run_id, {"RUNNING"}, timeout=240)
         sup = Supervisor(yard.paths)
         sup.stop_process("caddy")
@@ -302,9 +303,6 @@ def test_caddy_restart_with_open_websockets(yard: Context) -> None:
         out, err = client.communicate(timeout=120)
         assert client.returncode == 0, err[-3000:]
         sent = set(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        if client.poll() is None:
-            client.kill()
     assert len(sent) == 6
     wait_for(
         lambda: {e["id"] for e in events(yard, resource)} == sent,
